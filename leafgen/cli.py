@@ -1,0 +1,133 @@
+"""The ``leafgen`` command: each subcommand parses its arguments and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from leafgen.errors import LeafgenError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config (configs/demo.yaml is the embedded default)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. classifier.epochs=3")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from leafgen.config import load_config
+    from leafgen.pipeline import run_pipeline
+    from leafgen.report.summary import print_data_summary
+
+    cfg = load_config(args.config, args.overrides)
+    run_pipeline(cfg, only=args.only or (), start=args.start, force=args.force, argv=sys.argv)
+    print_data_summary(Path(cfg.run_dir))
+
+
+def _cmd_make_demo(args: argparse.Namespace) -> None:
+    from leafgen.data.plant_pathology import read_folder
+    from leafgen.data.procedural import ProceduralSpec, contact_sheet, make_dataset
+    from leafgen.report.summary import format_counts
+
+    spec = ProceduralSpec(scale=args.scale, size=args.size, seed=args.seed, test_fraction=args.test_fraction)
+    out = make_dataset(args.out, spec, workers=args.workers)
+    folder = read_folder(out, check_images=False, progress=False)
+    print(f"{out}: {len(folder.image_ids)} training images, {len(folder.test_ids)} test images")
+    print(format_counts({"train.csv": folder.counts()}))
+    if args.preview:
+        print(f"contact sheet: {contact_sheet(out, args.preview)}")
+
+
+def _cmd_validate(args: argparse.Namespace) -> None:
+    from leafgen.data.plant_pathology import read_folder
+    from leafgen.report.summary import format_counts
+
+    folder = read_folder(
+        args.folder,
+        on_bad_image=args.on_bad_image,
+        max_image_pixels=args.max_image_pixels,
+        decode_workers=args.workers,
+        check_images=not args.no_images,
+    )
+    print(f"{folder.root}: valid Plant Pathology folder, {len(folder.image_ids)} training and "
+          f"{len(folder.test_ids)} test images")
+    print(format_counts({"train.csv": folder.counts()}))
+    if folder.skipped:
+        print(f"skipped {len(folder.skipped)} bad image(s):")
+        for line in folder.skipped:
+            print(f"  - {line}")
+
+
+def _cmd_config_show(args: argparse.Namespace) -> None:
+    from leafgen.config import dump_yaml, load_config
+
+    print(dump_yaml(load_config(args.config, args.overrides)), end="")
+
+
+def _cmd_config_explain(args: argparse.Namespace) -> None:
+    from leafgen.config import explain
+
+    for key, type_name, doc in explain():
+        if not args.prefix or key.startswith(args.prefix):
+            print(f"{key} ({type_name})\n    {doc}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leafgen", description="DreamBooth-augmented apple-leaf disease classification on Ray."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the pipeline stages (skipping those already complete)")
+    _add_config_args(run)
+    run.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
+    run.add_argument("--from", dest="start", metavar="STAGE", help="run this stage and the ones after it")
+    run.add_argument("--force", action="store_true", help="redo the selected stages even if complete")
+    run.set_defaults(func=_cmd_run)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    demo = data.add_parser("make-demo", help="write the embedded procedural dataset in Kaggle format")
+    demo.add_argument("--out", type=Path, required=True, help="output folder (resumed if it holds the same settings)")
+    demo.add_argument("--scale", type=float, default=1.0, help="size relative to Kaggle's 1821 training images")
+    demo.add_argument("--size", type=int, default=192, help="image width in pixels (height is 2/3)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--test-fraction", type=float, default=1.0, help="test.csv images per training image")
+    demo.add_argument("--workers", type=int, default=None, help="drawing processes (default: CPU count)")
+    demo.add_argument("--preview", type=Path, help="also write a PNG contact sheet here")
+    demo.set_defaults(func=_cmd_make_demo)
+
+    val = data.add_parser("validate", help="check a Kaggle-format folder and print its class counts")
+    val.add_argument("folder", type=Path)
+    val.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail")
+    val.add_argument("--max-image-pixels", type=int, default=60_000_000)
+    val.add_argument("--workers", type=int, default=4, help="decoding threads")
+    val.add_argument("--no-images", action="store_true", help="check the CSVs only, not the image files")
+    val.set_defaults(func=_cmd_validate)
+
+    config = sub.add_parser("config", help="inspect configuration").add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config.add_parser("show", help="print the resolved config as YAML")
+    _add_config_args(show)
+    show.set_defaults(func=_cmd_config_show)
+    exp = config.add_parser("explain", help="list every config key with its type and meaning")
+    exp.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. data.")
+    exp.set_defaults(func=_cmd_config_explain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LeafgenError as exc:
+        print(f"leafgen: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("leafgen: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,45 @@
+"""The pipeline: stages in order, run through the stage contract with a one-line summary each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from leafgen.config import PipelineConfig
+from leafgen.data.stages import DATASET, SPLIT
+from leafgen.errors import StageError
+from leafgen.stages import RunDir, Stage, StageResult, run_stage
+
+# Later stages (classifier, DreamBooth, generation, gate, mix, retrain, report) append here.
+STAGES: tuple[Stage, ...] = (DATASET, SPLIT)
+
+
+def select_stages(only: Sequence[str] = (), start: str | None = None) -> list[Stage]:
+    names = [s.name for s in STAGES]
+    for name in [*only, *([start] if start else [])]:
+        if name not in names:
+            raise StageError(f"unknown stage {name!r}; stages are: {', '.join(names)}")
+    if only:
+        return [s for s in STAGES if s.name in only]
+    if start:
+        return list(STAGES[names.index(start) :])
+    return list(STAGES)
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    only: Sequence[str] = (),
+    start: str | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    argv: list[str] | None = None,
+) -> list[StageResult]:
+    """Run the selected stages in order; ``force`` redoes them even when their markers match."""
+    run = RunDir(cfg.run_dir)
+    run.start(cfg, argv)
+    results = []
+    for stage in select_stages(only, start):
+        result = run_stage(stage, cfg, run, force=force)
+        how = "skipped (up to date)" if result.skipped else f"done in {result.seconds:.1f}s"
+        log(f"[{stage.name}] {how}")
+        results.append(result)
+    return results

@@ -1,0 +1,124 @@
+"""The stage contract: every pipeline step writes under ``run_dir/<stage>/`` and is skipped when done.
+
+A stage finishes by writing ``_complete.json`` holding a key: the hash of the config parts it depends on,
+of its upstream stages' keys and of any input fingerprint (for example a user CSV's checksum). A rerun
+whose key matches skips the stage; any other key redoes it. While a stage runs, ``_started.json`` records
+the key it is working towards: a rerun with the same key keeps the stage directory so the stage can resume
+from its own checkpoints, while a different key clears it, since its files belong to other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from leafgen import atomic, provenance
+from leafgen.config import PipelineConfig, dump_yaml, fingerprint, select
+from leafgen.errors import StageError
+
+COMPLETE = "_complete.json"
+STARTED = "_started.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline step: ``fn(cfg, ctx)`` writes into ``ctx.dir`` and returns JSON-able outputs."""
+
+    name: str
+    fn: Callable[[PipelineConfig, StageContext], dict[str, Any] | None]
+    config_keys: tuple[str, ...]
+    """Dotted config keys whose values the outputs depend on."""
+    inputs: tuple[str, ...] = ()
+    """Upstream stages that must be complete first."""
+    fingerprint_inputs: Callable[[PipelineConfig], Any] | None = None
+    """Extra key material computed before running, e.g. checksums of files outside the run directory."""
+    version: int = 1
+    """Bump when the stage's code changes what it writes, so old outputs are redone."""
+
+
+@dataclass
+class StageContext:
+    run: RunDir
+    dir: Path
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Outputs of each upstream stage, as recorded in its completion marker."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    name: str
+    skipped: bool
+    seconds: float
+    outputs: dict[str, Any]
+
+
+class RunDir:
+    """A run directory: one folder per stage, plus ``config.yaml`` and ``provenance.json``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def stage_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def marker(self, name: str) -> dict[str, Any] | None:
+        path = self.stage_dir(name) / COMPLETE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None  # markers are written atomically; unreadable means foreign, so redo
+
+    def start(self, cfg: PipelineConfig, argv: list[str] | None = None) -> None:
+        """Record the resolved config and the provenance of this invocation."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(self.root / "config.yaml", dump_yaml(cfg))
+        atomic.write_json(self.root / "provenance.json", provenance.collect(argv))
+
+
+def stage_key(stage: Stage, cfg: PipelineConfig, run: RunDir) -> str:
+    upstream = {}
+    for name in stage.inputs:
+        marker = run.marker(name)
+        if marker is None:
+            raise StageError(f"stage {stage.name!r} needs stage {name!r}, which has not completed in {run.root}")
+        upstream[name] = marker["key"]
+    return fingerprint(
+        {
+            "stage": stage.name,
+            "version": stage.version,
+            "config": {key: select(cfg, key) for key in stage.config_keys},
+            "inputs": upstream,
+            "fingerprint": stage.fingerprint_inputs(cfg) if stage.fingerprint_inputs else None,
+        }
+    )
+
+
+def run_stage(stage: Stage, cfg: PipelineConfig, run: RunDir, force: bool = False) -> StageResult:
+    """Run ``stage`` unless its completion marker matches; returns what it produced."""
+    key = stage_key(stage, cfg, run)
+    directory = run.stage_dir(stage.name)
+    marker = run.marker(stage.name)
+    if marker is not None and marker["key"] == key and not force:
+        return StageResult(stage.name, True, 0.0, marker["outputs"])
+
+    started = directory / STARTED
+    resumable = started.is_file() and json.loads(started.read_text()).get("key") == key and not force
+    if directory.exists() and not resumable:
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(started, {"key": key})
+
+    inputs = {name: run.marker(name)["outputs"] for name in stage.inputs}  # type: ignore[index]
+    t0 = time.perf_counter()
+    outputs = stage.fn(cfg, StageContext(run=run, dir=directory, inputs=inputs)) or {}
+    seconds = time.perf_counter() - t0
+    atomic.write_json(directory / COMPLETE, {"key": key, "stage": stage.name, "seconds": seconds, "outputs": outputs})
+    started.unlink(missing_ok=True)
+    return StageResult(stage.name, False, seconds, outputs)
