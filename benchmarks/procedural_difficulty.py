@@ -27,7 +27,9 @@ from leafgen.labels import CLASSES
 
 
 def load(folder, ids, size):
-    arrs = [np.asarray(Image.open(folder.path(i)).convert("RGB").resize(size[::-1], Image.BILINEAR)) for i in ids]
+    arrs = [
+        np.asarray(Image.open(folder.path(i)).convert("RGB").resize(size[::-1], Image.BILINEAR)) for i in ids
+    ]
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -51,7 +53,10 @@ def main() -> None:
     sets = {}
     for name in ("train", "test"):
         idx = [k for k, i in enumerate(folder.image_ids) if split[i] == name]
-        sets[name] = (load(folder, [folder.image_ids[k] for k in idx], size), torch.from_numpy(folder.labels[idx]))
+        sets[name] = (
+            load(folder, [folder.image_ids[k] for k in idx], size),
+            torch.from_numpy(folder.labels[idx]),
+        )
     x_train, y_train = sets["train"]
     mean = x_train.float().mean((0, 2, 3), keepdim=True) / 255
     std = x_train.float().std((0, 2, 3), keepdim=True) / 255
@@ -79,7 +84,10 @@ def main() -> None:
             opt.step()
             sched.step()
             total += loss.item() * len(i)
-        print(f"epoch {epoch + 1}/{args.epochs} loss {total / len(perm):.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        print(
+            f"epoch {epoch + 1}/{args.epochs} loss {total / len(perm):.3f} ({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
     model.eval()
     x_test, y_test = sets["test"]
     with torch.no_grad():

@@ -1,6 +1,6 @@
 """`ray job submit` entrypoint for the whole pipeline: parse --config plus overrides, run, exit.
 
-    python jobs/pipeline.py --config configs/demo.yaml run_dir=runs/demo
+python jobs/pipeline.py --config configs/demo.yaml run_dir=runs/demo
 """
 
 from __future__ import annotations

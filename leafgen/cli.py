@@ -12,7 +12,9 @@ from leafgen.errors import LeafgenError
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML config (configs/demo.yaml is the embedded default)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. classifier.epochs=3")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. classifier.epochs=3"
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -50,8 +52,10 @@ def _cmd_validate(args: argparse.Namespace) -> None:
         decode_workers=args.workers,
         check_images=not args.no_images,
     )
-    print(f"{folder.root}: valid Plant Pathology folder, {len(folder.image_ids)} training and "
-          f"{len(folder.test_ids)} test images")
+    print(
+        f"{folder.root}: valid Plant Pathology folder, {len(folder.image_ids)} training and "
+        f"{len(folder.test_ids)} test images"
+    )
     print(format_counts({"train.csv": folder.counts()}))
     if folder.skipped:
         print(f"skipped {len(folder.skipped)} bad image(s):")
@@ -86,10 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="redo the selected stages even if complete")
     run.set_defaults(func=_cmd_run)
 
-    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(
+        dest="data_command", required=True, metavar="ACTION"
+    )
     demo = data.add_parser("make-demo", help="write the embedded procedural dataset in Kaggle format")
-    demo.add_argument("--out", type=Path, required=True, help="output folder (resumed if it holds the same settings)")
-    demo.add_argument("--scale", type=float, default=1.0, help="size relative to Kaggle's 1821 training images")
+    demo.add_argument(
+        "--out", type=Path, required=True, help="output folder (resumed if it holds the same settings)"
+    )
+    demo.add_argument(
+        "--scale", type=float, default=1.0, help="size relative to Kaggle's 1821 training images"
+    )
     demo.add_argument("--size", type=int, default=192, help="image width in pixels (height is 2/3)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--test-fraction", type=float, default=1.0, help="test.csv images per training image")
@@ -105,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--no-images", action="store_true", help="check the CSVs only, not the image files")
     val.set_defaults(func=_cmd_validate)
 
-    config = sub.add_parser("config", help="inspect configuration").add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config = sub.add_parser("config", help="inspect configuration").add_subparsers(
+        dest="config_command", required=True, metavar="ACTION"
+    )
     show = config.add_parser("show", help="print the resolved config as YAML")
     _add_config_args(show)
     show.set_defaults(func=_cmd_config_show)
@@ -130,4 +142,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

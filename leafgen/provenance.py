@@ -13,8 +13,20 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = (
-    "leafgen", "torch", "torchvision", "diffusers", "transformers", "accelerate", "peft", "safetensors",
-    "ray", "pyarrow", "numpy", "pillow", "scikit-learn", "torchmetrics",
+    "leafgen",
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "peft",
+    "safetensors",
+    "ray",
+    "pyarrow",
+    "numpy",
+    "pillow",
+    "scikit-learn",
+    "torchmetrics",
 )
 
 

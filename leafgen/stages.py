@@ -87,7 +87,9 @@ def stage_key(stage: Stage, cfg: PipelineConfig, run: RunDir) -> str:
     for name in stage.inputs:
         marker = run.marker(name)
         if marker is None:
-            raise StageError(f"stage {stage.name!r} needs stage {name!r}, which has not completed in {run.root}")
+            raise StageError(
+                f"stage {stage.name!r} needs stage {name!r}, which has not completed in {run.root}"
+            )
         upstream[name] = marker["key"]
     return fingerprint(
         {
@@ -119,6 +121,8 @@ def run_stage(stage: Stage, cfg: PipelineConfig, run: RunDir, force: bool = Fals
     t0 = time.perf_counter()
     outputs = stage.fn(cfg, StageContext(run=run, dir=directory, inputs=inputs)) or {}
     seconds = time.perf_counter() - t0
-    atomic.write_json(directory / COMPLETE, {"key": key, "stage": stage.name, "seconds": seconds, "outputs": outputs})
+    atomic.write_json(
+        directory / COMPLETE, {"key": key, "stage": stage.name, "seconds": seconds, "outputs": outputs}
+    )
     started.unlink(missing_ok=True)
     return StageResult(stage.name, False, seconds, outputs)

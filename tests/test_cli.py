@@ -19,7 +19,15 @@ def test_help_lists_subcommands(capsys):
         assert cmd in out
 
 
-@pytest.mark.parametrize("argv", [["run", "--help"], ["data", "make-demo", "--help"], ["data", "validate", "--help"], ["config", "show", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--help"],
+        ["data", "make-demo", "--help"],
+        ["data", "validate", "--help"],
+        ["config", "show", "--help"],
+    ],
+)
 def test_subcommand_help(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -27,13 +35,32 @@ def test_subcommand_help(argv, capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "leafgen.cli", "config", "explain", "data.target"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "leafgen.cli", "config", "explain", "data.target"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "data.target_class (str)" in out.stdout
 
 
 def test_make_demo_prints_counts_and_preview(tmp_path, capsys):
-    code = main(["data", "make-demo", "--out", str(tmp_path / "d"), "--scale", "0.03", "--size", "64",
-                 "--workers", "1", "--preview", str(tmp_path / "sheet.png")])
+    code = main(
+        [
+            "data",
+            "make-demo",
+            "--out",
+            str(tmp_path / "d"),
+            "--scale",
+            "0.03",
+            "--size",
+            "64",
+            "--workers",
+            "1",
+            "--preview",
+            str(tmp_path / "sheet.png"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     for c in CLASSES:
@@ -55,7 +82,9 @@ def test_run_writes_split_and_skips_on_rerun(tmp_path, capsys):
     assert "[dataset] skipped (up to date)" in capsys.readouterr().out
 
     # Only the split depends on the split seed: the dataset stays, the split is redone.
-    assert main(["run", "--config", "configs/demo.yaml", f"run_dir={run_dir}", *TINY, "data.split_seed=5"]) == 0
+    assert (
+        main(["run", "--config", "configs/demo.yaml", f"run_dir={run_dir}", *TINY, "data.split_seed=5"]) == 0
+    )
     out = capsys.readouterr().out
     assert "[dataset] skipped" in out and "[split] done" in out
 

@@ -62,7 +62,8 @@ class DataConfig:
     split_seed: int = 0
     """Seed of the stratified split; the same seed and data always give the same split."""
     on_bad_image: Literal["fail", "skip"] = "fail"
-    """Unreadable, truncated or oversized images: 'fail' lists them all and stops, 'skip' drops and counts them."""
+    """Unreadable, truncated or oversized images: 'fail' lists them all and stops, 'skip' drops and
+    counts them."""
     max_image_pixels: int = 60_000_000
     """Decompression-bomb guard: images with more pixels than this are treated as bad images."""
     decode_workers: int = 4
@@ -70,7 +71,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.target_class not in CLASSES:
-            raise FieldError("target_class", f"must be one of {', '.join(CLASSES)}, got {self.target_class!r}")
+            raise FieldError(
+                "target_class", f"must be one of {', '.join(CLASSES)}, got {self.target_class!r}"
+            )
         if any(f <= 0 for f in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
             raise FieldError("split", f"needs three positive fractions summing to 1, got {list(self.split)}")
         _positive("max_image_pixels", self.max_image_pixels)
@@ -82,7 +85,8 @@ class ClassifierConfig:
     arch: str = "resnet18"
     """torchvision architecture name (resnet18, resnet50, efficientnet_b0, ...) with a linear head."""
     weights: str = "none"
-    """'imagenet' (torchvision's weights, cached locally), 'none' (random init) or a path to a weights file."""
+    """'imagenet' (torchvision's weights, cached locally), 'none' (random init) or a path to a weights
+    file."""
     image_size: int = 128
     """Side of the square crop the classifier trains and predicts on."""
     epochs: int = 10
@@ -149,7 +153,13 @@ class DreamBoothConfig:
     """Report a checkpoint every this many steps."""
 
     def __post_init__(self) -> None:
-        for name in ("learning_rate", "max_train_steps", "num_workers", "validation_steps", "checkpointing_steps"):
+        for name in (
+            "learning_rate",
+            "max_train_steps",
+            "num_workers",
+            "validation_steps",
+            "checkpointing_steps",
+        ):
             _positive(name, getattr(self, name))
         for name in ("num_class_images", "prior_loss_weight", "lora_rank"):
             _positive(name, getattr(self, name), allow_zero=True)

@@ -29,7 +29,9 @@ MARKS = {
 }
 
 
-def smooth_noise(rng: np.random.Generator, cells: tuple[int, int], shape: tuple[int, int] = (H, W)) -> np.ndarray:
+def smooth_noise(
+    rng: np.random.Generator, cells: tuple[int, int], shape: tuple[int, int] = (H, W)
+) -> np.ndarray:
     """Zero-mean, roughly unit-range low-frequency noise: a random grid upsampled bicubically."""
     grid = rng.uniform(-1, 1, size=cells).astype(np.float32)
     return np.asarray(Image.fromarray(grid, mode="F").resize(shape[::-1], Image.BICUBIC))
@@ -145,7 +147,9 @@ def _leaf(rng: np.random.Generator, shape: LeafShape) -> tuple[np.ndarray, np.nd
 
     edge = np.clip(1 - (h - d) / 3, 0, 1) * (mask > 0)
     img = img * (1 - 0.2 * edge[..., None])
-    img = img * (1 + 0.05 * smooth_noise(rng, (40, 60))[..., None]) + rng.normal(0, 0.012, img.shape).astype(np.float32)
+    img = img * (1 + 0.05 * smooth_noise(rng, (40, 60))[..., None]) + rng.normal(0, 0.012, img.shape).astype(
+        np.float32
+    )
     if rng.random() < 0.5:  # glossy highlight
         p = shape.to_canvas(rng.uniform(0.3, 0.7), rng.uniform(-0.5, 0.5))
         glare = np.exp(-(((xx - p[0]) / rng.uniform(20, 50)) ** 2 + ((yy - p[1]) / rng.uniform(10, 30)) ** 2))
@@ -161,7 +165,9 @@ def _window(p: np.ndarray, radius: float) -> tuple[slice, slice, np.ndarray, np.
     return slice(y0, y1), slice(x0, x1), xx - p[0], yy - p[1]
 
 
-def _rust_spot(img: np.ndarray, rng: np.random.Generator, p: np.ndarray, size: float, strength: float) -> None:
+def _rust_spot(
+    img: np.ndarray, rng: np.random.Generator, p: np.ndarray, size: float, strength: float
+) -> None:
     r = rng.uniform(4.0, 8.5) * size
     halo = r * rng.uniform(1.7, 2.5)
     sy, sx, dx, dy = _window(p, halo)
@@ -179,7 +185,9 @@ def _rust_spot(img: np.ndarray, rng: np.random.Generator, p: np.ndarray, size: f
     img[sy, sx] = patch
 
 
-def _scab_blotch(img: np.ndarray, rng: np.random.Generator, p: np.ndarray, size: float, strength: float) -> None:
+def _scab_blotch(
+    img: np.ndarray, rng: np.random.Generator, p: np.ndarray, size: float, strength: float
+) -> None:
     r = rng.uniform(5.0, 12.0) * size
     sy, sx, dx, dy = _window(p, r * 1.8)
     theta = np.arctan2(dy, dx)
@@ -202,7 +210,9 @@ def paint_leaf(label: str, rng: np.random.Generator) -> np.ndarray:
     leaf, mask, petiole = _leaf(rng, shape)
 
     (rust_lo, rust_hi), (scab_lo, scab_hi), (str_lo, str_hi), size = MARKS[label]
-    marks = ["rust"] * int(rng.integers(rust_lo, rust_hi + 1)) + ["scab"] * int(rng.integers(scab_lo, scab_hi + 1))
+    marks = ["rust"] * int(rng.integers(rust_lo, rust_hi + 1)) + ["scab"] * int(
+        rng.integers(scab_lo, scab_hi + 1)
+    )
     for kind in rng.permutation(marks):
         p = shape.to_canvas(rng.uniform(0.1, 0.9), rng.uniform(-0.8, 0.8))
         draw = _rust_spot if kind == "rust" else _scab_blotch
@@ -223,7 +233,9 @@ def paint_leaf(label: str, rng: np.random.Generator) -> np.ndarray:
     img = img * (1 - mask[..., None]) + leaf * mask[..., None]
 
     # Lighting and camera: exposure, white balance, a light gradient, sensor noise, sometimes soft focus.
-    ramp = np.linspace(-1, 1, W)[None, :] * rng.uniform(-1, 1) + np.linspace(-1, 1, H)[:, None] * rng.uniform(-1, 1)
+    ramp = np.linspace(-1, 1, W)[None, :] * rng.uniform(-1, 1) + np.linspace(-1, 1, H)[:, None] * rng.uniform(
+        -1, 1
+    )
     gain = rng.uniform(0.8, 1.15) * (1 + 0.12 * ramp)
     wb = np.array([1 + (k := rng.uniform(-0.06, 0.06)), 1.0, 1 - k])
     img = img * (gain[..., None] * wb).astype(np.float32) + rng.normal(0, 0.01, img.shape).astype(np.float32)

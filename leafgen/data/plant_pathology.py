@@ -61,7 +61,9 @@ def read_folder(
     """Parse and validate ``root``; raise :class:`DataValidationError` listing every problem."""
     root = Path(root)
     if not root.is_dir():
-        raise DataValidationError(str(root), ["not a directory"], "Point data.root at a Kaggle-format folder.")
+        raise DataValidationError(
+            str(root), ["not a directory"], "Point data.root at a Kaggle-format folder."
+        )
     problems: list[str] = []
     if not (root / "images").is_dir():
         problems.append("images/: folder missing; images must be at images/<image_id>.jpg")
@@ -82,8 +84,9 @@ def read_folder(
 
     bad: dict[str, str] = {}
     if check_images:
-        bad = _bad_images(root / "images", [r[0] for r in train_rows] + test_ids, max_image_pixels,
-                          decode_workers, progress)
+        bad = _bad_images(
+            root / "images", [r[0] for r in train_rows] + test_ids, max_image_pixels, decode_workers, progress
+        )
     if bad and on_bad_image == "fail":
         raise DataValidationError(str(root), [f"images/{i}.jpg: {why}" for i, why in bad.items()], FIX_HINT)
     kept = [r for r in train_rows if r[0] not in bad]
@@ -146,14 +149,18 @@ def parse_test_csv(path: Path) -> tuple[list[str], list[str]]:
         if reason:
             problems.append(f"{path.name} line {line}: {reason}")
         elif image_id in seen:
-            problems.append(f"{path.name} line {line}: duplicate image_id {image_id!r} (first on line {seen[image_id]})")
+            problems.append(
+                f"{path.name} line {line}: duplicate image_id {image_id!r} (first on line {seen[image_id]})"
+            )
         else:
             seen[image_id] = line
             ids.append(image_id)
     return ids, problems
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[str] | None, list[tuple[int, list[str]]], list[str]]:
+def _read_csv(
+    path: Path, columns: tuple[str, ...]
+) -> tuple[list[str] | None, list[tuple[int, list[str]]], list[str]]:
     """Header, (line number, fields) rows and problems; header is None when rows cannot be read."""
     expected = ",".join(columns)
     if not path.is_file():
@@ -178,7 +185,9 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[str] | None, l
     if missing:
         problems.append(f"{path.name} header: missing column(s) {', '.join(missing)}; expected {expected}")
     if extra:
-        problems.append(f"{path.name} header: unexpected column(s) {', '.join(map(repr, extra))}; expected {expected}")
+        problems.append(
+            f"{path.name} header: unexpected column(s) {', '.join(map(repr, extra))}; expected {expected}"
+        )
     if duplicated:
         problems.append(f"{path.name} header: duplicated column(s) {', '.join(duplicated)}")
     if problems:
@@ -203,11 +212,15 @@ def _parse_flag(text: str) -> int | None:
 def _empty_class_problems(labels: Iterable[int]) -> list[str]:
     counts = Counter(labels)
     return [
-        f"train.csv: class {c!r} has no images; every class needs at least one" for i, c in enumerate(CLASSES) if not counts[i]
+        f"train.csv: class {c!r} has no images; every class needs at least one"
+        for i, c in enumerate(CLASSES)
+        if not counts[i]
     ]
 
 
-def _bad_images(images_dir: Path, ids: list[str], max_pixels: int, workers: int, progress: bool) -> dict[str, str]:
+def _bad_images(
+    images_dir: Path, ids: list[str], max_pixels: int, workers: int, progress: bool
+) -> dict[str, str]:
     def check(image_id: str) -> str | None:
         try:
             path = image_path(images_dir, image_id)
@@ -217,6 +230,14 @@ def _bad_images(images_dir: Path, ids: list[str], max_pixels: int, workers: int,
 
     # PIL releases the GIL while decoding, so threads give real parallelism here.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(check, ids), total=len(ids), desc="checking images", unit="img",
-                            disable=not progress, leave=False))
+        results = list(
+            tqdm(
+                pool.map(check, ids),
+                total=len(ids),
+                desc="checking images",
+                unit="img",
+                disable=not progress,
+                leave=False,
+            )
+        )
     return {i: why for i, why in zip(ids, results) if why}

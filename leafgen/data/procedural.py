@@ -70,7 +70,9 @@ def _render_one(job: tuple[ProceduralSpec, str, int, str, str]) -> None:
         image.save(tmp, format="JPEG", quality=92)
 
 
-def make_dataset(out: str | Path, spec: ProceduralSpec, workers: int | None = None, progress: bool = True) -> Path:
+def make_dataset(
+    out: str | Path, spec: ProceduralSpec, workers: int | None = None, progress: bool = True
+) -> Path:
     """Write (or finish writing) the procedural dataset ``spec`` into ``out``; returns ``out``."""
     out = Path(out)
     settings = out / SETTINGS_FILE
@@ -96,7 +98,13 @@ def make_dataset(out: str | Path, spec: ProceduralSpec, workers: int | None = No
     ]
     todo = [job for job in jobs if not os.path.exists(job[-1])]
     workers = workers or min(os.cpu_count() or 1, 8)
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="drawing leaves", unit="img", disable=not progress)
+    bar = tqdm(
+        total=len(jobs),
+        initial=len(jobs) - len(todo),
+        desc="drawing leaves",
+        unit="img",
+        disable=not progress,
+    )
     if workers == 1:
         for job in todo:
             _render_one(job)
@@ -108,10 +116,18 @@ def make_dataset(out: str | Path, spec: ProceduralSpec, workers: int | None = No
                 bar.update()
     bar.close()
 
-    _write_csv(out / "train.csv", TRAIN_COLUMNS, [[i] + [int(c == y) for c in CLASSES] for i, y in zip(train_ids, train_labels)])
+    _write_csv(
+        out / "train.csv",
+        TRAIN_COLUMNS,
+        [[i] + [int(c == y) for c in CLASSES] for i, y in zip(train_ids, train_labels)],
+    )
     _write_csv(out / "test.csv", TEST_COLUMNS, [[i] for i in test_ids])
     _write_csv(out / "sample_submission.csv", TRAIN_COLUMNS, [[i, 0.25, 0.25, 0.25, 0.25] for i in test_ids])
-    _write_csv(out / "test_labels.csv", TRAIN_COLUMNS, [[i] + [int(c == y) for c in CLASSES] for i, y in zip(test_ids, test_labels)])
+    _write_csv(
+        out / "test_labels.csv",
+        TRAIN_COLUMNS,
+        [[i] + [int(c == y) for c in CLASSES] for i, y in zip(test_ids, test_labels)],
+    )
     atomic.write_json(settings, asdict(spec))
     return out
 
@@ -136,7 +152,13 @@ def contact_sheet(root: str | Path, out: str | Path, per_class: int = 8, thumb: 
     strips = []
     for c in CLASSES:
         ids = [r["image_id"] for r in rows if r[c] == "1"][:per_class]
-        tiles = [resize(pil_to_tensor(Image.open(root / "images" / f"{i}.jpg").convert("RGB")), [thumb * 2 // 3, thumb]) for i in ids]
+        tiles = [
+            resize(
+                pil_to_tensor(Image.open(root / "images" / f"{i}.jpg").convert("RGB")),
+                [thumb * 2 // 3, thumb],
+            )
+            for i in ids
+        ]
         strip = to_pil_image(make_grid(tiles, nrow=per_class, padding=4, pad_value=255))
         canvas = Image.new("RGB", (strip.width + label_w, strip.height), "white")
         canvas.paste(strip, (label_w, 0))

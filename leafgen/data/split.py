@@ -21,7 +21,10 @@ SPLIT_COLUMNS: tuple[str, ...] = ("image_id", "label", "split")
 
 
 def stratified_split(
-    image_ids: tuple[str, ...] | list[str], labels: np.ndarray, fractions: tuple[float, float, float], seed: int
+    image_ids: tuple[str, ...] | list[str],
+    labels: np.ndarray,
+    fractions: tuple[float, float, float],
+    seed: int,
 ) -> dict[str, str]:
     """Map each image id to 'train', 'val' or 'test', stratified by label.
 
@@ -54,7 +57,9 @@ def stratified_split(
     return assignment
 
 
-def write_split(path: Path, image_ids: tuple[str, ...], labels: np.ndarray, assignment: dict[str, str]) -> None:
+def write_split(
+    path: Path, image_ids: tuple[str, ...], labels: np.ndarray, assignment: dict[str, str]
+) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SPLIT_COLUMNS)
@@ -75,5 +80,6 @@ def read_split(path: Path) -> dict[str, list[tuple[str, int]]]:
 def split_counts(split: dict[str, list[tuple[str, int]]]) -> dict[str, dict[str, int]]:
     """Split name -> class -> image count."""
     return {
-        name: {c: sum(1 for _, y in rows if y == i) for i, c in enumerate(CLASSES)} for name, rows in split.items()
+        name: {c: sum(1 for _, y in rows if y == i) for i, c in enumerate(CLASSES)}
+        for name, rows in split.items()
     }

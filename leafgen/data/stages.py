@@ -37,13 +37,18 @@ def _dataset(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     data = cfg.data
     if data.root is None:
         p = data.procedural
-        root = make_dataset(ctx.dir / PROCEDURAL_DIR, ProceduralSpec(p.scale, p.size, p.seed, p.test_fraction))
+        root = make_dataset(
+            ctx.dir / PROCEDURAL_DIR, ProceduralSpec(p.scale, p.size, p.seed, p.test_fraction)
+        )
         recorded = str(root.relative_to(ctx.run.root))
     else:
         root = Path(data.root).expanduser().resolve()
         recorded = str(root)
     folder = read_folder(
-        root, on_bad_image=data.on_bad_image, max_image_pixels=data.max_image_pixels, decode_workers=data.decode_workers
+        root,
+        on_bad_image=data.on_bad_image,
+        max_image_pixels=data.max_image_pixels,
+        decode_workers=data.decode_workers,
     )
     summary = {
         "root": recorded,

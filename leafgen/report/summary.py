@@ -30,7 +30,10 @@ def print_data_summary(run_dir: Path) -> None:
     if split.is_file():
         per_split = json.loads(split.read_text())
         columns.update({name: per_split[name] for name in SPLITS})
-    print(f"dataset: {info['root']} ({info['train_images']} labelled, {info['test_images']} unlabelled test images)")
+    print(
+        f"dataset: {info['root']} ({info['train_images']} labelled, "
+        f"{info['test_images']} unlabelled test images)"
+    )
     if info["skipped"]:
         print(f"skipped {len(info['skipped'])} bad image(s); see {dataset}")
     print(format_counts(columns))

@@ -49,7 +49,10 @@ def test_misspelt_keys_name_the_closest_valid_key(override, message):
         ("data.procedural.size=8", r"data\.procedural\.size: must be between 32 and 4096"),
         ("generate.strength=0", r"generate\.strength: must be in \(0, 1\]"),
         ("data=3", r"data: expected a mapping of keys"),
-        ("dreambooth.instance_prompt=a leaf", r"dreambooth\.instance_prompt: must contain the identifier token"),
+        (
+            "dreambooth.instance_prompt=a leaf",
+            r"dreambooth\.instance_prompt: must contain the identifier token",
+        ),
     ],
 )
 def test_bad_values_name_the_full_key(override, message):

@@ -46,25 +46,51 @@ def _swap_header(lines, header):
 
 
 CSV_CASES = {
-    "missing column": (lambda ls: _swap_header([ln.rsplit(",", 1)[0] for ln in ls], "image_id,healthy,multiple_diseases,rust"),
-                       r"train\.csv header: missing column\(s\) scab"),
-    "extra column": (lambda ls: [ls[0] + ",notes"] + [ln + ",x" for ln in ls[1:]],
-                     r"train\.csv header: unexpected column\(s\) 'notes'"),
-    "not one-hot": (lambda ls: [ls[0], ls[1].split(",")[0] + ",1,0,1,0", *ls[2:]],
-                    r"train\.csv line 2 \(image_id Train_0\): labels are not one-hot \(set: healthy, rust\)"),
-    "all zero": (lambda ls: [ls[0], ls[1].split(",")[0] + ",0,0,0,0", *ls[2:]],
-                 r"train\.csv line 2 \(image_id Train_0\): labels are not one-hot \(set: none\)"),
-    "non-numeric label": (lambda ls: [ls[0], ls[1].split(",")[0] + ",yes,0,0,0", *ls[2:]],
-                          r"train\.csv line 2 \(image_id Train_0\): label values must be 0 or 1"),
+    "missing column": (
+        lambda ls: _swap_header(
+            [ln.rsplit(",", 1)[0] for ln in ls], "image_id,healthy,multiple_diseases,rust"
+        ),
+        r"train\.csv header: missing column\(s\) scab",
+    ),
+    "extra column": (
+        lambda ls: [ls[0] + ",notes"] + [ln + ",x" for ln in ls[1:]],
+        r"train\.csv header: unexpected column\(s\) 'notes'",
+    ),
+    "not one-hot": (
+        lambda ls: [ls[0], ls[1].split(",")[0] + ",1,0,1,0", *ls[2:]],
+        r"train\.csv line 2 \(image_id Train_0\): labels are not one-hot \(set: healthy, rust\)",
+    ),
+    "all zero": (
+        lambda ls: [ls[0], ls[1].split(",")[0] + ",0,0,0,0", *ls[2:]],
+        r"train\.csv line 2 \(image_id Train_0\): labels are not one-hot \(set: none\)",
+    ),
+    "non-numeric label": (
+        lambda ls: [ls[0], ls[1].split(",")[0] + ",yes,0,0,0", *ls[2:]],
+        r"train\.csv line 2 \(image_id Train_0\): label values must be 0 or 1",
+    ),
     "duplicate id": (lambda ls: [*ls, ls[1]], r"duplicate image_id 'Train_0' \(first on line 2\)"),
     "short row": (lambda ls: [ls[0], "Train_0,1,0", *ls[2:]], r"train\.csv line 2: expected 5 fields, got 3"),
-    "parent escape": (lambda ls: [ls[0], "../etc/passwd,1,0,0,0", *ls[2:]], r"train\.csv line 2: image_id '\.\./etc/passwd' contains a path separator"),
-    "absolute path": (lambda ls: [ls[0], "/abs,1,0,0,0", *ls[2:]], r"train\.csv line 2: image_id '/abs' contains a path separator"),
-    "backslash": (lambda ls: [ls[0], "a\\b,1,0,0,0", *ls[2:]], r"train\.csv line 2: image_id 'a\\\\b' contains a path separator"),
-    "dot-dot id": (lambda ls: [ls[0], "..,1,0,0,0", *ls[2:]], r"train\.csv line 2: image_id '\.\.' is not a plain file name"),
+    "parent escape": (
+        lambda ls: [ls[0], "../etc/passwd,1,0,0,0", *ls[2:]],
+        r"train\.csv line 2: image_id '\.\./etc/passwd' contains a path separator",
+    ),
+    "absolute path": (
+        lambda ls: [ls[0], "/abs,1,0,0,0", *ls[2:]],
+        r"train\.csv line 2: image_id '/abs' contains a path separator",
+    ),
+    "backslash": (
+        lambda ls: [ls[0], "a\\b,1,0,0,0", *ls[2:]],
+        r"train\.csv line 2: image_id 'a\\\\b' contains a path separator",
+    ),
+    "dot-dot id": (
+        lambda ls: [ls[0], "..,1,0,0,0", *ls[2:]],
+        r"train\.csv line 2: image_id '\.\.' is not a plain file name",
+    ),
     "empty id": (lambda ls: [ls[0], ",1,0,0,0", *ls[2:]], r"train\.csv line 2: image_id is empty"),
-    "empty class": (lambda ls: [ls[0]] + [ln for ln in ls[1:] if not ln.endswith(",0,1,0,0")],
-                    r"class 'multiple_diseases' has no images"),
+    "empty class": (
+        lambda ls: [ls[0]] + [ln for ln in ls[1:] if not ln.endswith(",0,1,0,0")],
+        r"class 'multiple_diseases' has no images",
+    ),
 }
 
 

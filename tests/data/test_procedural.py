@@ -40,7 +40,12 @@ def test_full_scale_counts_match_kaggle():
 def test_same_seed_same_bytes_other_seed_other_images(tiny_dataset, tmp_path):
     again = make_dataset(tmp_path / "again", TINY_SPEC, workers=2, progress=False)  # process pool path
     assert _digest(again) == _digest(tiny_dataset)
-    other = make_dataset(tmp_path / "other", ProceduralSpec(scale=0.03, size=64, seed=124, test_fraction=0.2), workers=1, progress=False)
+    other = make_dataset(
+        tmp_path / "other",
+        ProceduralSpec(scale=0.03, size=64, seed=124, test_fraction=0.2),
+        workers=1,
+        progress=False,
+    )
     assert set(_digest(other).values()).isdisjoint(_digest(tiny_dataset).values())
 
 
