@@ -43,8 +43,12 @@ def image_path(images_dir: Path, image_id: str, suffix: str = IMAGE_SUFFIX) -> P
     return path
 
 
-def load_rgb(path: Path, max_pixels: int) -> Image.Image:
-    """Fully decode ``path`` as an upright RGB image; raises ``ValueError`` with a reason if it cannot."""
+def load_rgb(path: Path, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Fully decode ``path`` as an upright RGB image; raises ``ValueError`` with a reason if it cannot.
+
+    ``draft`` (width, height): the caller will shrink the image to about this size, so a JPEG may be
+    decoded at a reduced scale (DCT scaling), several times faster for Kaggle's 2048px photos.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -55,6 +59,10 @@ def load_rgb(path: Path, max_pixels: int) -> Image.Image:
                         f"{w}x{h} = {w * h} pixels exceeds data.max_image_pixels={max_pixels} "
                         "(decompression-bomb guard)"
                     )
+                if draft is not None:
+                    # The EXIF rotation comes later, so allow for either orientation.
+                    side = max(draft)
+                    img.draft("RGB", (side, side))
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return img.convert("RGB")

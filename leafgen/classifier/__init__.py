@@ -1,0 +1,1 @@
+"""The disease classifier: model and weights policy, metrics (training and prediction follow)."""
