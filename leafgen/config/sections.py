@@ -97,6 +97,12 @@ class ClassifierConfig:
     """Peak learning rate."""
     weight_decay: float = 1e-4
     """Decoupled weight decay."""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """Optimiser: AdamW, or SGD with Nesterov momentum 0.9."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """Learning-rate schedule after a linear warm-up over the first epoch."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing."""
     seed: int = 0
     """Seed of initialisation, sampling and augmentation."""
     num_workers: int = 1
@@ -110,6 +116,8 @@ class ClassifierConfig:
         for name in ("image_size", "epochs", "batch_size", "learning_rate", "num_workers"):
             _positive(name, getattr(self, name))
         _positive("weight_decay", self.weight_decay, allow_zero=True)
+        if not 0 <= self.label_smoothing < 1:
+            raise FieldError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass
