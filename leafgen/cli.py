@@ -20,11 +20,29 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     from leafgen.config import load_config
     from leafgen.pipeline import run_pipeline
-    from leafgen.report.summary import print_data_summary
+    from leafgen.report.summary import print_classifier_summary, print_data_summary
 
     cfg = load_config(args.config, args.overrides)
     run_pipeline(cfg, only=args.only or (), start=args.start, force=args.force, argv=sys.argv)
     print_data_summary(Path(cfg.run_dir))
+    print_classifier_summary(Path(cfg.run_dir))
+
+
+def _cmd_train_classifier(args: argparse.Namespace) -> None:
+    from leafgen.config import load_config
+    from leafgen.pipeline import run_pipeline
+    from leafgen.report.summary import print_classifier_summary
+
+    cfg = load_config(args.config, args.overrides)
+    run_pipeline(cfg, only=("dataset", "split", "classifier"), force=args.force, argv=sys.argv)
+    print_classifier_summary(Path(cfg.run_dir))
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from leafgen.classifier.predict import write_submission
+
+    out = write_submission(args.model, args.folder, args.out, flip_tta=args.tta)
+    print(f"submission written: {out}")
 
 
 def _cmd_make_demo(args: argparse.Namespace) -> None:
@@ -90,6 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="redo the selected stages even if complete")
     run.set_defaults(func=_cmd_run)
 
+    train = sub.add_parser("train-classifier", help="train and test the baseline classifier on Ray Train")
+    _add_config_args(train)
+    train.add_argument("--force", action="store_true", help="retrain even if a complete run exists")
+    train.set_defaults(func=_cmd_train_classifier)
+
+    predict = sub.add_parser("predict", help="write a Kaggle submission CSV for a folder's test.csv")
+    predict.add_argument(
+        "--model", type=Path, required=True, help="model folder, e.g. runs/demo/classifier/model"
+    )
+    predict.add_argument("--folder", type=Path, required=True, help="Kaggle-format folder holding test.csv")
+    predict.add_argument("--out", type=Path, required=True, help="submission CSV to write")
+    predict.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    predict.set_defaults(func=_cmd_predict)
+
     data = sub.add_parser("data", help="dataset tools").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"
     )
@@ -128,7 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may stand anywhere among the options (argparse only takes them in one run).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or not all("=" in e and not e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except LeafgenError as exc:

@@ -27,3 +27,14 @@ def kaggle_folder(tiny_dataset: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "kaggle"
     shutil.copytree(tiny_dataset, dst)
     return dst
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

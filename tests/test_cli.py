@@ -8,6 +8,7 @@ from leafgen.cli import main
 from leafgen.labels import CLASSES
 
 TINY = ["data.procedural.scale=0.03", "data.procedural.size=64", "data.procedural.test_fraction=0.2"]
+DATA_ONLY = ["--only", "dataset", "--only", "split"]  # the classifier stage has its own Ray tests
 
 
 def test_help_lists_subcommands(capsys):
@@ -70,7 +71,7 @@ def test_make_demo_prints_counts_and_preview(tmp_path, capsys):
 
 def test_run_writes_split_and_skips_on_rerun(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert main(["run", "--config", "configs/demo.yaml", f"run_dir={run_dir}", *TINY]) == 0
+    assert main(["run", *DATA_ONLY, "--config", "configs/demo.yaml", f"run_dir={run_dir}", *TINY]) == 0
     first = capsys.readouterr().out
     assert "[dataset] done" in first and "[split] done" in first
     assert "multiple_diseases" in first and "val" in first
@@ -78,12 +79,23 @@ def test_run_writes_split_and_skips_on_rerun(tmp_path, capsys):
     split = json.loads((run_dir / "split" / "summary.json").read_text())
     assert all(split[part][c] > 0 for part in ("train", "val", "test") for c in CLASSES)
 
-    assert main(["run", "--config", "configs/demo.yaml", f"run_dir={run_dir}", *TINY]) == 0
+    assert main(["run", *DATA_ONLY, "--config", "configs/demo.yaml", f"run_dir={run_dir}", *TINY]) == 0
     assert "[dataset] skipped (up to date)" in capsys.readouterr().out
 
     # Only the split depends on the split seed: the dataset stays, the split is redone.
     assert (
-        main(["run", "--config", "configs/demo.yaml", f"run_dir={run_dir}", *TINY, "data.split_seed=5"]) == 0
+        main(
+            [
+                "run",
+                *DATA_ONLY,
+                "--config",
+                "configs/demo.yaml",
+                f"run_dir={run_dir}",
+                *TINY,
+                "data.split_seed=5",
+            ]
+        )
+        == 0
     )
     out = capsys.readouterr().out
     assert "[dataset] skipped" in out and "[split] done" in out
@@ -101,3 +113,14 @@ def test_run_on_a_bad_user_folder_fails_cleanly(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     assert main(["run", f"run_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}"]) == 2
     assert "train.csv: file missing" in capsys.readouterr().err
+
+
+def test_overrides_may_stand_between_options(capsys):
+    assert (
+        main(["config", "show", "classifier.epochs=3", "--config", "configs/tiny.yaml", "data.split_seed=4"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "epochs: 3" in out and "split_seed: 4" in out
+    with pytest.raises(SystemExit):
+        main(["config", "show", "--bogus"])

@@ -13,7 +13,19 @@ REPO = Path(__file__).resolve().parents[1]
 def test_run_overview_notebook_executes(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     assert (
-        main(["run", "--config", "configs/tiny.yaml", f"run_dir={run_dir}", "data.procedural.scale=0.03"])
+        main(
+            [
+                "run",
+                "--only",
+                "dataset",
+                "--only",
+                "split",
+                "--config",
+                "configs/tiny.yaml",
+                f"run_dir={run_dir}",
+                "data.procedural.scale=0.03",
+            ]
+        )
         == 0
     )
     capsys.readouterr()

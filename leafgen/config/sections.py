@@ -111,11 +111,21 @@ class ClassifierConfig:
     """Sample each class equally often within an epoch."""
     class_weighted_loss: bool = False
     """Weight the cross-entropy by inverse class frequency."""
+    checkpoint_metric: str = "val/mean_auc"
+    """Validation metric (maximised) that picks the best checkpoint, e.g. val/target_recall."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on storage (the best ones by ``checkpoint_metric``)."""
+    max_failures: int = 2
+    """Worker failures Ray Train recovers from (restarting from the last checkpoint) before giving up."""
+    flip_tta: bool = False
+    """Average predictions with the mirrored image at test and predict time."""
 
     def __post_init__(self) -> None:
         for name in ("image_size", "epochs", "batch_size", "learning_rate", "num_workers"):
             _positive(name, getattr(self, name))
         _positive("weight_decay", self.weight_decay, allow_zero=True)
+        _positive("keep_checkpoints", self.keep_checkpoints)
+        _positive("max_failures", self.max_failures, allow_zero=True)
         if not 0 <= self.label_smoothing < 1:
             raise FieldError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
 

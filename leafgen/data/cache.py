@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -42,23 +43,29 @@ def decode_resized(path: Path, size: tuple[int, int], max_pixels: int) -> np.nda
     return np.asarray(img.resize((width, height), Image.BILINEAR, reducing_gap=2.0))
 
 
-def cached_images(
+def ensure_cached(
     paths: Sequence[Path],
     size: tuple[int, int],
     cache_dir: str | Path,
     max_pixels: int = 60_000_000,
     workers: int = 4,
     progress: bool = True,
-) -> np.ndarray:
-    """(N, H, W, 3) uint8 array of ``paths`` at ``size`` = (height, width), from the cache or decoded now."""
+) -> Path:
+    """Path of the .npy entry holding ``paths`` at ``size`` = (height, width), decoding them if needed."""
     cache_dir = Path(cache_dir)
     target = cache_dir / f"{cache_key(paths, size)}.npy"
-    if target.is_file():
-        return np.load(target, mmap_mode="r")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(target) as tmp:
-        _decode_into(tmp, paths, size, max_pixels, workers, progress)
-    return np.load(target, mmap_mode="r")
+    if not target.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_path(target) as tmp:
+            _decode_into(tmp, paths, size, max_pixels, workers, progress)
+    return target
+
+
+def cached_images(
+    paths: Sequence[Path], size: tuple[int, int], cache_dir: str | Path, **options: Any
+) -> np.ndarray:
+    """(N, H, W, 3) uint8 array of ``paths`` at ``size``, memory-mapped from the cache (``ensure_cached``)."""
+    return np.load(ensure_cached(paths, size, cache_dir, **options), mmap_mode="r")
 
 
 def _decode_into(

@@ -5,8 +5,10 @@ coordinates: ``t`` runs from the base (0) to the tip (1) along the midrib, ``v``
 pure function of its random generator, so a (seed, index) pair always gives the same picture.
 
 What makes the classes separable, and how hard: rust is orange spots with yellow halos; scab is olive-brown
-irregular, feathered blotches; multiple_diseases carries at least one mark of each, usually fewer and
-fainter, so a single faint rust spot among scab blotches is what a classifier must not miss.
+irregular, feathered blotches; multiple_diseases carries at least one mark of each (fewer rust spots than
+a rust leaf, sometimes fainter), so a leaf with a few rust spots is rust or multiple_diseases depending on
+small dark blotches a classifier must not miss. ``MARKS`` was calibrated with
+benchmarks/procedural_difficulty.py (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ MARKS = {
     "healthy": ((0, 0), (0, 0), (1.0, 1.0), 1.0),
     "rust": ((3, 14), (0, 0), (0.85, 1.0), 1.0),
     "scab": ((0, 0), (2, 8), (0.85, 1.0), 1.0),
-    "multiple_diseases": ((1, 5), (1, 4), (0.65, 1.0), 0.9),
+    "multiple_diseases": ((1, 4), (3, 6), (0.85, 1.0), 1.25),
 }
 
 

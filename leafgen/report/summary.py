@@ -37,3 +37,22 @@ def print_data_summary(run_dir: Path) -> None:
     if info["skipped"]:
         print(f"skipped {len(info['skipped'])} bad image(s); see {dataset}")
     print(format_counts(columns))
+
+
+def format_per_class(test: dict[str, float]) -> str:
+    """Recall and ROC AUC per class, then overall accuracy and the Kaggle metric (mean column-wise AUC)."""
+    lines = [f"{'class':<18} {'recall':>7} {'ROC AUC':>8}"]
+    lines += [f"{c:<18} {test[f'recall/{c}']:>7.3f} {test[f'auc/{c}']:>8.3f}" for c in CLASSES]
+    lines.append(f"{'accuracy':<18} {test['accuracy']:>7.3f}")
+    lines.append(f"{'mean column AUC':<18} {'':>7} {test['mean_auc']:>8.3f}")
+    return "\n".join(lines)
+
+
+def print_classifier_summary(run_dir: Path) -> None:
+    """The classifier's held-out test metrics, if that stage is complete."""
+    marker = run_dir / "classifier" / "_complete.json"
+    if not marker.is_file():
+        return
+    outputs = json.loads(marker.read_text())["outputs"]
+    print(f"classifier (best epoch {outputs['best_epoch']}) on the held-out test split:")
+    print(format_per_class(outputs["test"]))

@@ -1,0 +1,98 @@
+"""The ``classifier`` pipeline stage: cache the split's images, train on Ray, export the best model and
+measure it on the held-out test split.
+
+Outputs under ``run_dir/classifier/``: ``model/`` (``model.safetensors`` + ``classifier.json``),
+``metrics.json`` (per-epoch validation history, best epoch, test metrics), ``confusion_test.png`` and
+TensorBoard logs in ``ray/tensorboard``. Ray is imported only through ``leafgen.distributed``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from leafgen import atomic
+from leafgen.classifier.engine import ArrayDataset, eval_transform, predict_probs
+from leafgen.classifier.metrics import classification_metrics, save_confusion_matrix
+from leafgen.classifier.training import META_FILE, MODEL_FILE, input_size, load_classifier
+from leafgen.config import PipelineConfig
+from leafgen.data.cache import ensure_cached
+from leafgen.data.images import image_path
+from leafgen.data.split import read_split
+from leafgen.data.stages import dataset_root
+from leafgen.stages import Stage, StageContext
+
+CACHE_DIR = "cache"
+
+
+def cache_split_arrays(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Path]:
+    """Decode each split once into the run's cache; labels go beside the stage. Returns .npy paths."""
+    root = dataset_root(cfg, ctx.inputs["dataset"], ctx.run.root)
+    split = read_split(ctx.run.root / ctx.inputs["split"]["split_csv"])
+    arrays: dict[str, Path] = {}
+    for name in ("train", "val", "test"):
+        ids, labels = zip(*split[name])
+        paths = [image_path(root / "images", i) for i in ids]
+        arrays[f"{name}_images"] = ensure_cached(
+            paths,
+            input_size(cfg.classifier),
+            ctx.run.root / CACHE_DIR,
+            cfg.data.max_image_pixels,
+            cfg.data.decode_workers,
+        )
+        arrays[f"{name}_labels"] = ctx.dir / "arrays" / f"{name}_labels.npy"
+        arrays[f"{name}_labels"].parent.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_path(arrays[f"{name}_labels"]) as tmp:
+            np.save(tmp, np.asarray(labels, dtype=np.int64))
+    return arrays
+
+
+def evaluate(
+    model_dir: Path, images: np.ndarray, labels: np.ndarray, target_class: str, flip_tta: bool
+) -> dict[str, Any]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _ = load_classifier(model_dir, device)
+    loader = DataLoader(ArrayDataset(images, labels, eval_transform()), batch_size=64)
+    return classification_metrics(labels, predict_probs(model, loader, device, flip_tta), target_class)
+
+
+def _run(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    from leafgen.distributed.train_classifier import read_history, train_on_ray
+
+    arrays = cache_split_arrays(cfg, ctx)
+    result = train_on_ray(cfg, arrays, ctx.dir / "ray")
+    best = result.get_best_checkpoint(cfg.classifier.checkpoint_metric, "max")
+    model_dir = ctx.dir / "model"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    with best.as_directory() as src:
+        model_dir.mkdir(parents=True)
+        for name in (MODEL_FILE, META_FILE):
+            shutil.copy2(Path(src) / name, model_dir / name)
+    _, meta = load_classifier(model_dir)
+
+    test = evaluate(
+        model_dir,
+        np.load(arrays["test_images"], mmap_mode="r"),
+        np.load(arrays["test_labels"]),
+        cfg.data.target_class,
+        cfg.classifier.flip_tta,
+    )
+    history = read_history(ctx.dir / "ray")
+    metrics = {"best_epoch": meta["epoch"] + 1, "best_val": meta["metrics"], "test": test, "history": history}
+    atomic.write_json(ctx.dir / "metrics.json", metrics)
+    save_confusion_matrix(test["confusion_matrix"], ctx.dir / "confusion_test.png", "held-out test split")
+    summary = {k: v for k, v in test.items() if k != "confusion_matrix"}
+    return {"model_dir": "classifier/model", "best_epoch": meta["epoch"] + 1, "test": summary}
+
+
+CLASSIFIER = Stage(
+    name="classifier",
+    fn=_run,
+    config_keys=("classifier", "data.target_class"),
+    inputs=("dataset", "split"),
+)

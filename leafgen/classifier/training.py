@@ -1,0 +1,211 @@
+"""The classifier's training loop, independent of Ray: epochs, per-epoch validation, checkpoints, resume.
+
+The loop reports through a ``report(metrics, checkpoint_dir)`` callable, as the design's seam says: the
+Ray layer passes one that calls ``ray.train.report``; tests and single-process runs pass a plain function.
+Every rank calls ``report`` once per epoch (Ray Train requires it); rank 0 validates and writes the
+checkpoint, whose metrics are the ones Ray records.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from leafgen.classifier.engine import (
+    ArrayDataset,
+    build_loss,
+    build_optimizer,
+    build_scheduler,
+    eval_transform,
+    predict_probs,
+    train_epoch,
+    train_transform,
+)
+from leafgen.classifier.metrics import classification_metrics
+from leafgen.classifier.model import build_classifier
+from leafgen.config import ClassifierConfig
+from leafgen.labels import CLASSES
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "train_state.pt"
+META_FILE = "classifier.json"
+
+ReportFn = Callable[[dict[str, Any], Path | None], None]
+
+
+@dataclass
+class SplitArrays:
+    """Cached images (N, H, W, 3) uint8 and their class indices."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class WorkerContext:
+    """Where this process sits in a data-parallel group; the defaults mean a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m
+    """Wraps the model for DDP (Ray's ``prepare_model``) after it is on ``device``."""
+
+
+class EpochSampler(Sampler[int]):
+    """This rank's share of an epoch's indices: shuffled, or drawn class-balanced with replacement.
+
+    Every rank derives the same epoch permutation from (seed, epoch) and takes every world_size-th index,
+    padded so all ranks run the same number of steps (DDP needs that). It replaces DistributedSampler,
+    which cannot draw class-balanced epochs.
+    """
+
+    def __init__(self, labels: np.ndarray, seed: int, balanced: bool, rank: int = 0, world_size: int = 1):
+        self.labels, self.seed, self.balanced = np.asarray(labels), seed, balanced
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.per_rank = -(-len(self.labels) // world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = len(self.labels)
+        if self.balanced:
+            p = 1.0 / np.bincount(self.labels, minlength=len(CLASSES))[self.labels]
+            order = rng.choice(n, size=self.per_rank * self.world_size, replace=True, p=p / p.sum())
+        else:
+            order = rng.permutation(n)
+            order = np.concatenate([order, order[: self.per_rank * self.world_size - n]])
+        return iter(order[self.rank :: self.world_size].tolist())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def save_checkpoint(
+    directory: Path, model: nn.Module, opt, sched, epoch: int, cfg: ClassifierConfig, metrics: dict
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()},
+        directory / MODEL_FILE,
+    )
+    torch.save(
+        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch},
+        directory / STATE_FILE,
+    )
+    meta = {
+        "arch": cfg.arch,
+        "classes": list(CLASSES),
+        "image_size": cfg.image_size,
+        "epoch": epoch,
+        "config": asdict(cfg),
+        "metrics": metrics,
+    }
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+
+
+def load_classifier(directory: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A trained classifier and its metadata from a checkpoint or exported model folder."""
+    meta = json.loads((Path(directory) / META_FILE).read_text())
+    model = build_classifier(meta["arch"], "none", len(meta["classes"]))
+    model.load_state_dict(load_file(Path(directory) / MODEL_FILE))
+    return model.to(device).eval(), meta
+
+
+def input_size(cfg: ClassifierConfig) -> tuple[int, int]:
+    """(height, width) the classifier sees: ``image_size`` tall, Kaggle's 3:2 aspect."""
+    return cfg.image_size, round(cfg.image_size * 3 / 2)
+
+
+def fit(
+    cfg: ClassifierConfig,
+    train: SplitArrays,
+    val: SplitArrays,
+    report: ReportFn,
+    target_class: str = "multiple_diseases",
+    worker: WorkerContext | None = None,
+    resume_from: Path | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> None:
+    """Train for ``cfg.epochs``, reporting metrics and a checkpoint every epoch; resume from a checkpoint."""
+    worker = worker or WorkerContext()
+    seed_everything(cfg.seed + worker.rank)
+    model = build_classifier(cfg.arch, cfg.weights, len(CLASSES))
+    start = 0
+    state = None
+    if resume_from is not None:
+        model.load_state_dict(load_file(resume_from / MODEL_FILE))
+        state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=True)
+        start = state["epoch"] + 1
+    model = model.to(worker.device)
+    if worker.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model = worker.prepare_model(model)
+
+    sampler = EpochSampler(train.labels, cfg.seed, cfg.balanced_sampling, worker.rank, worker.world_size)
+    per_rank_batch = max(1, cfg.batch_size // worker.world_size)
+    loader = DataLoader(
+        ArrayDataset(train.images, train.labels, train_transform(input_size(cfg))),
+        batch_size=per_rank_batch,
+        sampler=sampler,
+        pin_memory=worker.device.type == "cuda",
+    )
+    val_loader = DataLoader(
+        ArrayDataset(val.images, val.labels, eval_transform()), batch_size=per_rank_batch * 2
+    )
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, len(loader))
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    loss_fn = build_loss(cfg, train.labels)
+
+    for epoch in range(start, cfg.epochs):
+        sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        loss, seen = train_epoch(model, loader, loss_fn, opt, sched, worker.device, amp_dtype)
+        seconds = time.perf_counter() - t0
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "start_epoch": start + 1,  # > 1 after a resume: the run continued from a checkpoint
+            "train/loss": loss,
+            "train/images": seen * worker.world_size,
+            "train/seconds": seconds,
+        }
+        with tempfile.TemporaryDirectory(prefix="leafgen-ckpt-") as tmp:
+            checkpoint = None
+            if worker.rank == 0:
+                probs = predict_probs(_unwrap(model), val_loader, worker.device)
+                metrics.update(
+                    {
+                        f"val/{k}": v
+                        for k, v in classification_metrics(val.labels, probs, target_class).items()
+                    }
+                )
+                checkpoint = Path(tmp)
+                save_checkpoint(checkpoint, model, opt, sched, epoch, cfg, metrics)
+            report(metrics, checkpoint)

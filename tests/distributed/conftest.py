@@ -1,0 +1,42 @@
+"""One real local Ray instance for the distributed tests (starting Ray costs seconds, so it is shared)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+from leafgen.cli import main
+from leafgen.config import RayConfig
+
+TINY_RUN = [
+    "--config",
+    "configs/tiny.yaml",
+    "data.procedural.scale=0.05",
+    "data.procedural.size=64",
+    "classifier.image_size=32",
+    "classifier.batch_size=16",
+    "classifier.learning_rate=0.002",
+    "ray.num_cpus=2",
+]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    from leafgen.distributed.runtime import ensure_ray, shutdown
+
+    # A short temp dir: pytest's tmp paths can exceed the 107-byte Unix socket limit.
+    temp = tempfile.mkdtemp(prefix="lgr-", dir="/tmp")
+    resources = ensure_ray(RayConfig(num_cpus=2, temp_dir=temp))
+    yield resources
+    shutdown()
+
+
+@pytest.fixture(scope="module")
+def data_run(tmp_path_factory):
+    """A run directory whose dataset and split stages are complete."""
+    run_dir = tmp_path_factory.mktemp("run")
+    assert main(["run", "--only", "dataset", "--only", "split", f"run_dir={run_dir}", *TINY_RUN]) == 0
+    assert os.path.isfile(run_dir / "split" / "split.csv")
+    return run_dir
