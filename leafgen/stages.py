@@ -61,7 +61,8 @@ class RunDir:
     """A run directory: one folder per stage, plus ``config.yaml`` and ``provenance.json``."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        # Absolute, since Ray workers run in other working directories.
+        self.root = Path(root).expanduser().resolve()
 
     def stage_dir(self, name: str) -> Path:
         return self.root / name

@@ -101,3 +101,9 @@ def test_run_start_writes_config_and_provenance(tmp_path):
     assert prov["packages"]["torch"].startswith("2.14.1")
     assert {"hostname", "cpu_count", "platform"} <= set(prov["machine"])
     assert "git_commit" in prov and "started_at" in prov
+
+
+def test_relative_run_dir_is_made_absolute(tmp_path, monkeypatch):
+    # Ray workers run in other working directories, so paths handed to them must not be relative.
+    monkeypatch.chdir(tmp_path)
+    assert RunDir("runs/x").root == tmp_path / "runs" / "x"

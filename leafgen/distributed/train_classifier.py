@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,18 @@ class EpochMetrics(UserCallback):
         )
 
 
+def _quiet_report_log() -> None:
+    # Ray 2.60 logs every report (with all metrics) at INFO under a logger named by its file path, which
+    # LoggingConfig does not reach; the driver prints one line per epoch instead.
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def _worker_loop(config: dict[str, Any]) -> None:
+    _quiet_report_log()
     cfg = from_dict(PipelineConfig, config["cfg"])
     ctx = ray.train.get_context()
     device = get_device()
@@ -126,7 +138,7 @@ def train_on_ray(
         train_loop_config={
             "cfg": asdict(cfg),
             "cpus_per_worker": cpus_per_worker,
-            **{k: str(v) for k, v in arrays.items()},
+            **{k: str(Path(v).resolve()) for k, v in arrays.items()},
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
