@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 
 from leafgen import atomic
 from leafgen.classifier.engine import ArrayDataset, eval_transform, predict_probs
@@ -86,6 +87,10 @@ def _run(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     metrics = {"best_epoch": meta["epoch"] + 1, "best_val": meta["metrics"], "test": test, "history": history}
     atomic.write_json(ctx.dir / "metrics.json", metrics)
     save_confusion_matrix(test["confusion_matrix"], ctx.dir / "confusion_test.png", "held-out test split")
+    with SummaryWriter(str(ctx.dir / "ray" / "tensorboard")) as writer:
+        for key, value in test.items():
+            if key != "confusion_matrix":
+                writer.add_scalar(f"test/{key}", value, meta["epoch"] + 1)
     summary = {k: v for k, v in test.items() if k != "confusion_matrix"}
     return {"model_dir": "classifier/model", "best_epoch": meta["epoch"] + 1, "test": summary}
 

@@ -124,6 +124,12 @@ class ClassifierConfig:
         for name in ("image_size", "epochs", "batch_size", "learning_rate", "num_workers"):
             _positive(name, getattr(self, name))
         _positive("weight_decay", self.weight_decay, allow_zero=True)
+        metrics = ["val/accuracy", "val/mean_auc", "val/target_recall"]
+        metrics += [f"val/{kind}/{c}" for kind in ("recall", "auc") for c in CLASSES]
+        if self.checkpoint_metric not in metrics:
+            raise FieldError(
+                "checkpoint_metric", f"must be one of {', '.join(metrics)}, got {self.checkpoint_metric!r}"
+            )
         _positive("keep_checkpoints", self.keep_checkpoints)
         _positive("max_failures", self.max_failures, allow_zero=True)
         if not 0 <= self.label_smoothing < 1:

@@ -250,4 +250,10 @@ def render(label: str, rng: np.random.Generator, width: int) -> Image.Image:
     """A PIL image of width ``width`` (height 2/3 of it) of one leaf of class ``label``."""
     arr = (paint_leaf(label, rng) * 255 + 0.5).astype(np.uint8)
     height = max(1, round(width * H / W))
-    return Image.fromarray(arr).resize((width, height), Image.LANCZOS)
+    image = Image.fromarray(arr).resize((width, height), Image.LANCZOS)
+    if width > W:
+        # Upsampled pictures are unnaturally smooth; a camera's sensor noise at full resolution gives them
+        # the fine detail (and the JPEG size and decoding cost) of real photos.
+        noisy = np.asarray(image, dtype=np.int16) + rng.normal(0, 4.0, (height, width, 3)).astype(np.int16)
+        image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    return image

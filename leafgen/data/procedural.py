@@ -27,7 +27,7 @@ from leafgen.errors import LeafgenError
 from leafgen.labels import CLASSES, KAGGLE_TRAIN_COUNTS, TEST_COLUMNS, TRAIN_COLUMNS
 
 SETTINGS_FILE = "procedural.json"
-FORMAT_VERSION = 5  # bump when the painter changes what a (seed, index) pair draws
+FORMAT_VERSION = 6  # bump when the painter changes what a (seed, index) pair draws
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 from leafgen import atomic
 from leafgen.config import PipelineConfig
 from leafgen.data.plant_pathology import read_folder
-from leafgen.data.procedural import ProceduralSpec, contact_sheet, make_dataset
+from leafgen.data.procedural import FORMAT_VERSION, ProceduralSpec, contact_sheet, make_dataset
 from leafgen.data.split import read_split, split_counts, stratified_split, write_split
 from leafgen.stages import Stage, StageContext
 
@@ -22,10 +22,11 @@ def dataset_root(cfg: PipelineConfig, outputs: dict[str, Any], run_root: Path) -
     return root if root.is_absolute() else run_root / root
 
 
-def _csv_checksums(cfg: PipelineConfig) -> dict[str, str] | None:
+def _input_fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     # A user folder lives outside the run directory: key the stage on its CSVs so edits are noticed.
+    # The procedural set is keyed on the painter's version, so a changed painter redraws it.
     if cfg.data.root is None:
-        return None
+        return {"procedural_version": FORMAT_VERSION}
     sums = {}
     for name in ("train.csv", "test.csv"):
         path = Path(cfg.data.root) / name
@@ -80,6 +81,6 @@ DATASET = Stage(
     name="dataset",
     fn=_dataset,
     config_keys=("data.root", "data.procedural", "data.on_bad_image", "data.max_image_pixels"),
-    fingerprint_inputs=_csv_checksums,
+    fingerprint_inputs=_input_fingerprint,
 )
 SPLIT = Stage(name="split", fn=_split, config_keys=("data.split", "data.split_seed"), inputs=("dataset",))

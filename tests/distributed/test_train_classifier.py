@@ -57,7 +57,14 @@ def test_two_worker_ddp_stage_trains_exports_and_tests(trained, capsys):
     assert all(row["train/images"] == 64 for row in metrics["history"])  # both workers' shards, no more
     assert sum(map(sum, metrics["test"]["confusion_matrix"])) == 18
     assert (stage / "model" / "model.safetensors").is_file() and (stage / "confusion_test.png").is_file()
-    assert list((stage / "ray" / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in (stage / "ray" / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train/loss", "val/mean_auc", "val/recall/multiple_diseases", "test/mean_auc"} <= tags
     best = max(metrics["history"], key=lambda r: r["val/mean_auc"])
     assert metrics["best_val"]["val/mean_auc"] == pytest.approx(best["val/mean_auc"])
 
