@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +48,6 @@ def write_submission(
         ArrayDataset(images, np.zeros(len(images), dtype=np.int64), eval_transform()), batch_size=64
     )
     probs = predict_probs(model, loader, device, flip_tta)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(TRAIN_COLUMNS)
-    for image_id, row in zip(data.test_ids, probs):
-        writer.writerow([image_id, *(f"{p:.6f}" for p in row)])
-    atomic.write_text(out, buf.getvalue())
+    rows = ([image_id, *(f"{p:.6f}" for p in row)] for image_id, row in zip(data.test_ids, probs))
+    atomic.write_csv(out, TRAIN_COLUMNS, rows)
     return Path(out)

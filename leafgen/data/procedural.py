@@ -9,7 +9,6 @@ atomically, so an interrupted run resumes where it stopped and a rerun with the 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import multiprocessing
 import os
@@ -116,28 +115,22 @@ def make_dataset(
                 bar.update()
     bar.close()
 
-    _write_csv(
+    atomic.write_csv(
         out / "train.csv",
         TRAIN_COLUMNS,
         [[i] + [int(c == y) for c in CLASSES] for i, y in zip(train_ids, train_labels)],
     )
-    _write_csv(out / "test.csv", TEST_COLUMNS, [[i] for i in test_ids])
-    _write_csv(out / "sample_submission.csv", TRAIN_COLUMNS, [[i, 0.25, 0.25, 0.25, 0.25] for i in test_ids])
-    _write_csv(
+    atomic.write_csv(out / "test.csv", TEST_COLUMNS, [[i] for i in test_ids])
+    atomic.write_csv(
+        out / "sample_submission.csv", TRAIN_COLUMNS, [[i, 0.25, 0.25, 0.25, 0.25] for i in test_ids]
+    )
+    atomic.write_csv(
         out / "test_labels.csv",
         TRAIN_COLUMNS,
         [[i] + [int(c == y) for c in CLASSES] for i, y in zip(test_ids, test_labels)],
     )
     atomic.write_json(settings, asdict(spec))
     return out
-
-
-def _write_csv(path: Path, header: tuple[str, ...], rows: list[list[object]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic.write_text(path, buf.getvalue())
 
 
 def contact_sheet(root: str | Path, out: str | Path, per_class: int = 8, thumb: int = 160) -> Path:

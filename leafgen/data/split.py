@@ -7,7 +7,6 @@ does). The split is written once per run as ``split.csv`` and every later stage 
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +59,8 @@ def stratified_split(
 def write_split(
     path: Path, image_ids: tuple[str, ...], labels: np.ndarray, assignment: dict[str, str]
 ) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SPLIT_COLUMNS)
-    for image_id, label in sorted(zip(image_ids, labels.tolist())):
-        writer.writerow([image_id, CLASSES[label], assignment[image_id]])
-    atomic.write_text(path, buf.getvalue())
+    rows = ([i, CLASSES[y], assignment[i]] for i, y in sorted(zip(image_ids, labels.tolist())))
+    atomic.write_csv(path, SPLIT_COLUMNS, rows)
 
 
 def read_split(path: Path) -> dict[str, list[tuple[str, int]]]:
