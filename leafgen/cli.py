@@ -38,6 +38,35 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
     print_classifier_summary(Path(cfg.run_dir))
 
 
+def _cmd_base_model(args: argparse.Namespace) -> None:
+    from leafgen.config.loader import apply_overrides, from_dict, read_yaml
+    from leafgen.diffusion.base_model import loss_drop, read_history, train_base_model
+    from leafgen.diffusion.recipe import TinyModelRecipe
+
+    raw = apply_overrides(read_yaml(args.config) if args.config else {}, args.overrides)
+    recipe = from_dict(TinyModelRecipe, raw)
+    work = args.work or args.out.with_name(args.out.name + ".work")
+    out = train_base_model(recipe, args.out, work)
+    history = read_history(work)
+    for phase in ("autoencoder", "denoiser"):
+        if any(row["phase"] == phase for row in history):
+            first, last = loss_drop(history, phase)
+            print(f"{phase}: loss {first:.4f} -> {last:.4f}")
+    print(f"base model written: {out} (load it with StableDiffusionPipeline.from_pretrained)")
+
+
+def _cmd_check_base_model(args: argparse.Namespace) -> None:
+    from leafgen.config import load_config
+    from leafgen.diffusion.base_model_check import CheckSettings, check_base_model, format_check
+    from leafgen.pipeline import run_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    run_pipeline(cfg, only=("dataset", "split", "classifier", "judge"), argv=sys.argv)
+    settings = CheckSettings(samples=args.samples, steps=args.steps, guidance=args.guidance)
+    print(format_check(check_base_model(cfg, args.out, settings)))
+    print(f"grids and {args.out / 'base_model_check.json'} written")
+
+
 def _cmd_predict(args: argparse.Namespace) -> None:
     from leafgen.classifier.predict import write_submission
 
@@ -112,6 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.add_argument("--force", action="store_true", help="retrain even if a complete run exists")
     train.set_defaults(func=_cmd_train_classifier)
+
+    base = sub.add_parser("base-model", help="train the embedded tiny text-to-image model from scratch")
+    base.add_argument("--out", type=Path, required=True, help="diffusers pipeline folder to write")
+    base.add_argument("--config", type=Path, help="recipe YAML (default: the committed model's recipe)")
+    base.add_argument("--work", type=Path, help="working folder kept for resuming (default: <out>.work)")
+    base.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. training.unet_steps=100")
+    base.set_defaults(func=_cmd_base_model)
+
+    check = sub.add_parser(
+        "check-base-model", help="measure base_model: autoencoder round-trips and samples per prompt"
+    )
+    _add_config_args(check)
+    check.add_argument("--out", type=Path, required=True, help="folder for grids and base_model_check.json")
+    check.add_argument("--samples", type=int, default=128, help="samples per prompt")
+    check.add_argument("--steps", type=int, default=20, help="sampler steps")
+    check.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    check.set_defaults(func=_cmd_check_base_model)
 
     predict = sub.add_parser("predict", help="write a Kaggle submission CSV for a folder's test.csv")
     predict.add_argument(

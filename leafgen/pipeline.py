@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from leafgen.classifier.stage import CLASSIFIER
+from leafgen.classifier.stage import CLASSIFIER, JUDGE
 from leafgen.config import PipelineConfig
 from leafgen.data.stages import DATASET, SPLIT
 from leafgen.errors import StageError
 from leafgen.stages import RunDir, Stage, StageResult, run_stage
 
 # Later stages (DreamBooth, generation, gate, mix, retrain, report) append here.
-STAGES: tuple[Stage, ...] = (DATASET, SPLIT, CLASSIFIER)
+STAGES: tuple[Stage, ...] = (DATASET, SPLIT, CLASSIFIER, JUDGE)
 
 
 def select_stages(only: Sequence[str] = (), start: str | None = None) -> list[Stage]:

@@ -9,6 +9,7 @@ TensorBoard logs in ``ray/tensorboard``. Ray is imported only through ``leafgen.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from leafgen.data.cache import ensure_cached
 from leafgen.data.images import image_path
 from leafgen.data.split import read_split
 from leafgen.data.stages import dataset_root
+from leafgen.errors import ConfigError
 from leafgen.stages import Stage, StageContext
 
 CACHE_DIR = "cache"
@@ -92,12 +94,30 @@ def _run(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
             if key != "confusion_matrix":
                 writer.add_scalar(f"test/{key}", value, meta["epoch"] + 1)
     summary = {k: v for k, v in test.items() if k != "confusion_matrix"}
-    return {"model_dir": "classifier/model", "best_epoch": meta["epoch"] + 1, "test": summary}
+    return {"model_dir": f"{ctx.dir.name}/model", "best_epoch": meta["epoch"] + 1, "test": summary}
+
+
+def _run_judge(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    if cfg.eval.judge_seed == cfg.classifier.seed:
+        raise ConfigError(
+            f"eval.judge_seed ({cfg.eval.judge_seed}) must differ from classifier.seed: the judge must not "
+            "be the model that gates generated images"
+        )
+    return _run(replace(cfg, classifier=replace(cfg.classifier, seed=cfg.eval.judge_seed)), ctx)
 
 
 CLASSIFIER = Stage(
     name="classifier",
     fn=_run,
     config_keys=("classifier", "data.target_class"),
+    inputs=("dataset", "split"),
+)
+
+# The independent judge (DESIGN.md): the same recipe with another seed. It measures what generated images
+# show; the baseline classifier gates them, so no claim is checked by the model that selected the images.
+JUDGE = Stage(
+    name="judge",
+    fn=_run_judge,
+    config_keys=("classifier", "eval.judge_seed", "data.target_class"),
     inputs=("dataset", "split"),
 )

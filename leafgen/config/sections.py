@@ -139,14 +139,18 @@ class ClassifierConfig:
 @dataclass
 class BaseModelConfig:
     name_or_path: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    """Hub id or local diffusers folder of the text-to-image base model."""
+    """Hub id or local diffusers folder of the text-to-image base model; ``embedded`` is the tiny model
+    committed in the package (leafgen/assets/tiny-leaf-t2i)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) when ``name_or_path`` is a hub id."""
     resolution: int = 512
-    """Image side the base model generates and is fine-tuned at."""
+    """Height in pixels the base model generates and is fine-tuned at."""
+    width: int | None = None
+    """Width in pixels; None means square (``resolution``). Kaggle's photos are 3:2 landscape."""
 
     def __post_init__(self) -> None:
         _positive("resolution", self.resolution)
+        _positive("width", self.width)
 
 
 @dataclass
@@ -248,6 +252,9 @@ class EvalConfig:
     """Classifier seeds each arm is trained with."""
     bootstrap_samples: int = 1000
     """Bootstrap resamples of the test images for confidence intervals."""
+    judge_seed: int = 1000
+    """Seed of the independent judge classifier that measures what generated images show; it must differ
+    from classifier.seed, the gating classifier's."""
 
     def __post_init__(self) -> None:
         if not self.seeds:

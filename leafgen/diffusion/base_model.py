@@ -1,0 +1,334 @@
+"""Training the embedded tiny text-to-image model from scratch on procedural leaves.
+
+Resumable phases under a work folder: paint a procedural training set (its own seed, never the demo's
+images; the minority class is left out), train the autoencoder on random crops, train the UNet and the
+CLIP text encoder jointly on cached latents, then sharpen the decoder with the encoder frozen. The
+result is a standard diffusers ``StableDiffusionPipeline`` folder, written atomically, with its recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel, compute_snr
+from tqdm.auto import tqdm
+
+from leafgen.config.loader import dump_yaml, fingerprint, to_dict
+from leafgen.data.cache import ensure_cached
+from leafgen.data.images import image_path
+from leafgen.data.procedural import ProceduralSpec, make_dataset
+from leafgen.diffusion.components import build_pipeline, training_scheduler
+from leafgen.diffusion.recipe import TinyModelRecipe
+from leafgen.labels import CLASSES
+
+RECIPE_FILE = "leafgen_recipe.yaml"
+HISTORY_FILE = "history.jsonl"
+PHASE_FILE = "leafgen_phase_key.txt"
+Log = Callable[[dict[str, Any]], None]
+
+
+def training_images(recipe: TinyModelRecipe, work: Path) -> tuple[np.ndarray, list[str]]:
+    """(N, H, W, 3) uint8 training images at the model's size and their class names (no minority class)."""
+    t = recipe.training
+    spec = ProceduralSpec(scale=t.data_scale, seed=t.data_seed, test_fraction=0.0)
+    root = make_dataset(work / "procedural", spec, workers=recipe.num_workers)
+    keep = [(i, label) for i, label in enumerate(spec.labels("train")) if label in t.class_prompts]
+    paths = [image_path(root / "images", f"Train_{i}") for i, _ in keep]
+    labels = [label for _, label in keep]
+    arch = recipe.architecture
+    images = np.load(ensure_cached(paths, (arch.height, arch.width), work / "cache"), mmap_mode="r")
+    return images, list(labels)
+
+
+def to_model_range(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], the range SD's autoencoder works in."""
+    x = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float()  # a copy: caches are read-only
+    return x / 127.5 - 1.0
+
+
+def _log_every(steps: int) -> int:
+    return max(1, min(25, steps // 8))
+
+
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _autoencoder_batch(
+    x: torch.Tensor, crop: int, permute_share: float, gen: torch.Generator
+) -> torch.Tensor:
+    """Random flips, RGB channel permutations and crops of a batch in [-1, 1].
+
+    Permuting channels turns green leaves red or blue: lesions are a few per cent of the pixels, and an
+    autoencoder that only ever sees green learns their colours last; one that must reproduce every hue
+    keeps an orange rust spot orange.
+    """
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    perms = torch.tensor([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
+    keep = torch.rand(len(x), generator=gen) >= permute_share
+    pick = torch.where(keep, 0, torch.randint(0, 6, (len(x),), generator=gen))
+    x = torch.stack([xi[perms[k]] for xi, k in zip(x, pick.tolist())])
+    if crop <= 0:
+        return x
+    top = torch.randint(0, x.shape[-2] - crop + 1, (len(x),), generator=gen)
+    left = torch.randint(0, x.shape[-1] - crop + 1, (len(x),), generator=gen)
+    return torch.stack([xi[:, t : t + crop, s : s + crop] for xi, t, s in zip(x, top, left)])
+
+
+def autoencoder_loss(recon: torch.Tensor, target: torch.Tensor, edge_weight: float = 1.0) -> torch.Tensor:
+    """L1 on pixels plus L1 on pixel differences: small dark lesions are edges, and a blurred edge is what
+    makes a round-trip lose its disease."""
+    grads = [(recon.diff(dim=d), target.diff(dim=d)) for d in (-1, -2)]
+    return F.l1_loss(recon, target) + edge_weight * sum(F.l1_loss(a, b) for a, b in grads)
+
+
+def train_autoencoder(
+    vae: Any,
+    images: np.ndarray,
+    recipe: TinyModelRecipe,
+    device: torch.device,
+    log: Log,
+    decoder_only: bool = False,
+) -> None:
+    """Train the autoencoder, or with ``decoder_only`` fine-tune its decoder with the encoder frozen.
+
+    The decoder-only phase runs after the denoiser: the latents it was trained on stay exactly the same
+    (SD's ft-MSE autoencoder was made the same way), while reconstructions get sharper.
+    """
+    t = recipe.training
+    steps = t.decoder_steps if decoder_only else t.vae_steps
+    phase = "decoder" if decoder_only else "autoencoder"
+    gen = torch.Generator().manual_seed(t.seed + (2 if decoder_only else 0))
+    params = (
+        [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+        if decoder_only
+        else list(vae.parameters())
+    )
+    lr = t.vae_learning_rate * (t.decoder_lr_factor if decoder_only else 1.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = get_cosine_schedule_with_warmup(opt, t.warmup_steps, steps)
+    vae.train().to(device)
+    vae.encoder.requires_grad_(not decoder_only)
+    vae.quant_conv.requires_grad_(not decoder_only)
+    bar = tqdm(range(steps), desc=phase, unit="step")
+    for step in bar:
+        idx = torch.randint(0, len(images), (t.vae_batch_size,), generator=gen).sort().values.numpy()
+        x = _autoencoder_batch(to_model_range(images[idx]), t.vae_crop, t.vae_permute_share, gen).to(device)
+        with _autocast(device, t.bf16):
+            with torch.set_grad_enabled(not decoder_only):
+                posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.mode()).sample.float()
+        rec = autoencoder_loss(recon, x, t.vae_edge_weight)
+        loss = rec if decoder_only else rec + t.vae_kl_weight * posterior.kl().mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        if step % _log_every(steps) == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{rec.item():.4f}")
+            log({"phase": phase, "step": step + 1, "loss": rec.item()})
+    vae.requires_grad_(True)
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(
+    vae: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int = 64
+) -> torch.Tensor:
+    """Posterior means of every image, then of every mirror image: (2N, C, h, w), unscaled; row i and row
+    N + i belong to image i."""
+    vae.eval().to(device)
+    plain, mirrored = [], []
+    for i in tqdm(range(0, len(images), batch), desc="encoding latents", unit="batch"):
+        x = to_model_range(images[i : i + batch]).to(device)
+        z = vae.encode(torch.cat([x, x.flip(-1)])).latent_dist.mean.float().cpu()
+        plain.append(z[: len(x)])
+        mirrored.append(z[len(x) :])
+    return torch.cat(plain + mirrored)
+
+
+def prompt_table(recipe: TinyModelRecipe) -> list[str]:
+    """Every prompt the model trains on; index 0 is the empty prompt."""
+    t = recipe.training
+    return ["", *t.generic_prompts, *[p for c in CLASSES for p in t.class_prompts.get(c, ())]]
+
+
+def sample_prompts(labels: list[str], recipe: TinyModelRecipe, rng: np.random.Generator) -> list[int]:
+    """Index into ``prompt_table`` for each label: empty, class-free or the label's own prompt."""
+    t = recipe.training
+    table = prompt_table(recipe)
+    out = []
+    for label in labels:
+        u = rng.random()
+        if u < t.empty_prompt_share:
+            out.append(0)
+        elif u < t.empty_prompt_share + t.generic_prompt_share:
+            out.append(table.index(rng.choice(t.generic_prompts)))
+        else:
+            out.append(table.index(rng.choice(t.class_prompts[label])))
+    return out
+
+
+def train_denoiser(
+    pipe: Any,
+    latents: torch.Tensor,
+    labels: list[str],
+    recipe: TinyModelRecipe,
+    device: torch.device,
+    log: Log,
+) -> None:
+    """Joint UNet + text-encoder training with SD's noise schedule, min-SNR weighting and EMA."""
+    t = recipe.training
+    gen = torch.Generator().manual_seed(t.seed + 1)
+    rng = np.random.default_rng(t.seed + 1)
+    unet, text_encoder = pipe.unet.train().to(device), pipe.text_encoder.train().to(device)
+    noise_scheduler = training_scheduler(pipe)
+    ids = pipe.tokenizer(
+        prompt_table(recipe),
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+    labels2 = labels + labels  # latents hold each image and its mirror image
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=t.unet_learning_rate, weight_decay=1e-2)
+    sched = get_cosine_schedule_with_warmup(opt, t.warmup_steps, t.unet_steps)
+    emas = [EMAModel(m.parameters(), decay=t.ema_decay, use_ema_warmup=True) for m in (unet, text_encoder)]
+    scale = pipe.vae.config.scaling_factor
+    bar = tqdm(range(t.unet_steps), desc="denoiser", unit="step")
+    for step in bar:
+        idx = torch.randint(0, len(latents), (t.unet_batch_size,), generator=gen)
+        z0 = latents[idx].to(device) * scale
+        prompts = torch.as_tensor(
+            sample_prompts([labels2[i] for i in idx.tolist()], recipe, rng), device=device
+        )
+        noise = torch.randn(z0.shape, generator=gen).to(device)
+        steps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(z0),), generator=gen).to(
+            device
+        )
+        zt = noise_scheduler.add_noise(z0, noise, steps)
+        with _autocast(device, t.bf16):
+            pred = unet(zt, steps, text_encoder(ids[prompts])[0]).sample.float()
+        # Min-SNR-gamma weighting (Hang et al. 2023) keeps the many easy low-noise steps from dominating.
+        snr = compute_snr(noise_scheduler, steps)
+        weight = torch.clamp(snr, max=t.snr_gamma) / snr
+        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        for ema, module in zip(emas, (unet, text_encoder)):
+            ema.step(module.parameters())
+        if step % _log_every(t.unet_steps) == 0 or step == t.unet_steps - 1:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log({"phase": "denoiser", "step": step + 1, "loss": loss.item()})
+    for ema, module in zip(emas, (unet, text_encoder)):
+        ema.copy_to(module.parameters())
+    unet.eval(), text_encoder.eval()
+
+
+def train_base_model(recipe: TinyModelRecipe, out: str | Path, work: str | Path | None = None) -> Path:
+    """Train the tiny model of ``recipe`` and save it as a diffusers folder at ``out``; returns ``out``.
+
+    ``work`` (default ``<out>.work``) keeps the painted images, the cache, the trained autoencoder and the
+    trained denoiser, so an interrupted run resumes after its last finished phase.
+    """
+    out = Path(out)
+    work = Path(work) if work is not None else out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(recipe.training.seed)
+    history = work / HISTORY_FILE
+
+    def log(row: dict[str, Any]) -> None:
+        with history.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    images, labels = training_images(recipe, work)
+    pipe = build_pipeline(recipe.architecture, seed=recipe.training.seed)
+    vae_dir = work / "vae"
+    if _phase_done(vae_dir, recipe, "autoencoder"):
+        pipe.vae = type(pipe.vae).from_pretrained(vae_dir)
+    else:
+        train_autoencoder(pipe.vae, images, recipe, device, log)
+        _save_atomically(pipe.vae, vae_dir, extra={PHASE_FILE: phase_key(recipe, "autoencoder")})
+    latents = encode_latents(pipe.vae, images, device)
+    # SD rescales latents to unit variance; the factor is measured on this model's own latents.
+    pipe.vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    denoiser_dir = work / "denoiser"
+    if _phase_done(denoiser_dir / "unet", recipe, "denoiser"):
+        pipe.unet = type(pipe.unet).from_pretrained(denoiser_dir / "unet")
+        pipe.text_encoder = type(pipe.text_encoder).from_pretrained(denoiser_dir / "text_encoder")
+    else:
+        train_denoiser(pipe, latents, labels, recipe, device, log)
+        key = {PHASE_FILE: phase_key(recipe, "denoiser")}
+        _save_atomically(pipe.text_encoder, denoiser_dir / "text_encoder")
+        _save_atomically(pipe.unet, denoiser_dir / "unet", extra=key)  # last: its key marks the phase done
+    if recipe.training.decoder_steps:
+        train_autoencoder(pipe.vae, images, recipe, device, log, decoder_only=True)
+    pipe.to("cpu")
+    _save_atomically(pipe, out, extra={RECIPE_FILE: dump_yaml(recipe), "README.md": model_card(recipe)})
+    return out
+
+
+def phase_key(recipe: TinyModelRecipe, phase: str) -> str:
+    """Hash of the recipe fields a phase's result depends on, so a resumed run reuses only what matches."""
+    data = to_dict(recipe)
+    training = data["training"]
+    later = {
+        "autoencoder": ("unet_", "snr_", "ema_", "empty_", "generic_", "class_", "decoder_"),
+        "denoiser": ("decoder_",),
+    }[phase]
+    data["training"] = {k: v for k, v in training.items() if not k.startswith(later)}
+    data.pop("num_workers")
+    return fingerprint(data)
+
+
+def _phase_done(directory: Path, recipe: TinyModelRecipe, phase: str) -> bool:
+    marker = directory / PHASE_FILE
+    return marker.is_file() and marker.read_text() == phase_key(recipe, phase)
+
+
+def _save_atomically(model: Any, target: Path, extra: dict[str, str] | None = None) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    for name, text in (extra or {}).items():
+        (tmp / name).write_text(text, encoding="utf-8")
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+
+
+def model_card(recipe: TinyModelRecipe) -> str:
+    arch = recipe.architecture
+    return (
+        "# tiny-leaf-t2i\n\n"
+        "A tiny Stable-Diffusion-shaped text-to-image model trained from scratch by `leafgen base-model` on "
+        "procedural apple leaves (healthy, rust, scab; never multiple_diseases). It stands in for SD v1.5 "
+        f"offline. Images are {arch.height}x{arch.width}; the tokenizer is CLIP's real vocabulary, padded to "
+        f"{arch.max_length} tokens. Load it with `StableDiffusionPipeline.from_pretrained(<folder>)`.\n\n"
+        f"Recipe (architecture, data seed, training seed): `{RECIPE_FILE}`.\n"
+    )
+
+
+def read_history(work: str | Path) -> list[dict[str, Any]]:
+    path = Path(work) / HISTORY_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def loss_drop(history: list[dict[str, Any]], phase: str, window: int = 4) -> tuple[float, float]:
+    """Mean logged loss of a phase's first and last ``window`` entries (for summaries and tests)."""
+    losses = [row["loss"] for row in history if row["phase"] == phase]
+    if not losses:
+        return math.nan, math.nan
+    return float(np.mean(losses[:window])), float(np.mean(losses[-window:]))

@@ -1,0 +1,90 @@
+"""Checks of a text-to-image model by their effect on a classifier.
+
+Two questions: does the autoencoder keep what tells the classes apart (``roundtrip_predictions``), and do
+samples show what their prompt asks (``sample_predictions``, scored by an independent judge classifier).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from leafgen.classifier.engine import MEAN, STD
+
+
+def classifier_probs(
+    model: nn.Module, images: torch.Tensor, size: tuple[int, int], batch: int = 128
+) -> np.ndarray:
+    """Class probabilities of float images in [0, 1], (N, 3, H, W), resized to the classifier's ``size``."""
+    device = next(model.parameters()).device
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = images[i : i + batch].float()
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+            out.append(torch.softmax(model(((x - mean) / std).to(device)), dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def roundtrip(vae: nn.Module, pixels: np.ndarray, size: tuple[int, int], batch: int = 64) -> torch.Tensor:
+    """Encode and decode uint8 images (N, H, W, 3) at the autoencoder's ``size``; floats in [0, 1]."""
+    vae.eval()
+    out = []
+    for i in tqdm(range(0, len(pixels), batch), desc="autoencoder round-trips", unit="batch", leave=False):
+        x = torch.from_numpy(np.array(pixels[i : i + batch])).permute(0, 3, 1, 2).float() / 255
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        z = vae.encode(x * 2 - 1).latent_dist.mode()
+        out.append(((vae.decode(z).sample + 1) / 2).clamp(0, 1))
+    return torch.cat(out)
+
+
+def per_class_accuracy(probs: np.ndarray, labels: Sequence[int], classes: Sequence[str]) -> dict[str, float]:
+    """Share of each class's images whose arg-max is that class (recall), for classes present."""
+    pred, labels = probs.argmax(1), np.asarray(labels)
+    return {c: float((pred[labels == k] == k).mean()) for k, c in enumerate(classes) if (labels == k).any()}
+
+
+def class_shares(probs: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Share of images the classifier puts in each class."""
+    counts = np.bincount(probs.argmax(1), minlength=len(classes))
+    return {c: float(n / len(probs)) for c, n in zip(classes, counts)}
+
+
+@torch.no_grad()
+def generate(
+    pipe: Any,
+    prompt: str,
+    n: int,
+    seed: int,
+    batch: int = 32,
+    steps: int = 20,
+    guidance: float = 3.0,
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """``n`` samples of ``prompt`` as floats in [0, 1], (n, 3, H, W); sample i uses seed ``seed + i``."""
+    height, width = size or (pipe.unet.config.sample_size * pipe.vae_scale_factor,) * 2
+    out = []
+    for i in range(0, n, batch):
+        k = min(batch, n - i)
+        gens = [torch.Generator().manual_seed(seed + i + j) for j in range(k)]
+        images = pipe(
+            [prompt] * k,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gens,
+            height=height,
+            width=width,
+            output_type="pt",
+        ).images
+        out.append(images.cpu().float())
+    return torch.cat(out)

@@ -1,0 +1,128 @@
+"""Typed recipe of the embedded tiny text-to-image model: its architecture and how it is trained.
+
+The recipe that produced the committed weights is saved beside them (``leafgen_recipe.yaml``), so
+``leafgen base-model --config <that file>`` retrains the same model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from leafgen.config.sections import FieldError, _positive
+
+
+@dataclass
+class TinyArchitecture:
+    height: int = 64
+    """Image height in pixels; Kaggle photos are 3:2 landscape, so the model draws ``height x width``."""
+    width: int = 96
+    """Image width in pixels."""
+    vae_channels: tuple[int, ...] = (32, 64)
+    """AutoencoderKL block widths; each block after the first halves the resolution."""
+    vae_layers_per_block: int = 1
+    """ResNet layers per VAE block."""
+    latent_channels: int = 8
+    """Channels of the latent image (SD uses 4 at 8x downsampling; 8 at 2x keeps small lesions sharp)."""
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    """UNet2DConditionModel block widths, highest resolution first."""
+    unet_layers_per_block: int = 1
+    """ResNet layers per UNet block."""
+    unet_cross_attention: tuple[bool, ...] = (False, False, True)
+    """Which UNet down blocks (and their mirrored up blocks) cross-attend to the prompt."""
+    attention_heads: int = 4
+    """Attention heads of each UNet transformer block."""
+    text_width: int = 64
+    """Hidden size of the CLIP text encoder (and the UNet's cross-attention dimension)."""
+    text_layers: int = 2
+    """Transformer layers of the CLIP text encoder."""
+    text_heads: int = 2
+    """Attention heads of the CLIP text encoder."""
+    max_length: int = 32
+    """Tokens per prompt; the saved tokenizer pads to this, exactly as in training."""
+
+    def __post_init__(self) -> None:
+        down = 2 ** (len(self.vae_channels) - 1) * 2 ** (len(self.unet_channels) - 1)
+        for name in ("height", "width"):
+            if getattr(self, name) % down:
+                raise FieldError(name, f"must be a multiple of {down} (VAE and UNet downsampling)")
+        if len(self.unet_cross_attention) != len(self.unet_channels):
+            raise FieldError("unet_cross_attention", "needs one entry per unet_channels entry")
+        for name in ("latent_channels", "text_width", "text_layers", "text_heads", "max_length"):
+            _positive(name, getattr(self, name))
+
+
+@dataclass
+class TinyTraining:
+    seed: int = 0
+    """Seed of initialisation, batches and noise."""
+    data_seed: int = 20261125
+    """Seed of the procedural training set; any other seed than the demo's so no demo image is seen."""
+    data_scale: float = 2.0
+    """Procedural training set size as a multiple of Kaggle's class counts (the minority class is dropped)."""
+    vae_steps: int = 800
+    """Optimiser steps of the autoencoder."""
+    vae_batch_size: int = 64
+    """Images per autoencoder step."""
+    vae_learning_rate: float = 3e-3
+    """Peak learning rate of the autoencoder (AdamW, cosine decay)."""
+    vae_crop: int = 32
+    """Side of the random square crops the autoencoder trains on (0: whole images); it is convolutional,
+    so crops teach it the same and cost a fraction."""
+    vae_permute_share: float = 0.0
+    """Share of autoencoder crops whose RGB channels are randomly permuted (colour-coverage augmentation)."""
+    vae_edge_weight: float = 0.0
+    """Weight of the L1 loss on pixel differences (edges) beside the L1 loss on pixels."""
+    vae_kl_weight: float = 1e-6
+    """Weight of the KL term; SD's autoencoder is nearly deterministic, so this stays tiny."""
+    decoder_steps: int = 300
+    """Steps of the final decoder-only fine-tune (encoder frozen, so the denoiser's latents are unchanged)."""
+    decoder_lr_factor: float = 0.5
+    """Learning rate of the decoder fine-tune as a fraction of ``vae_learning_rate``."""
+    unet_steps: int = 1000
+    """Optimiser steps of the UNet and text encoder, trained jointly on cached latents."""
+    unet_batch_size: int = 64
+    """Latents per UNet step."""
+    unet_learning_rate: float = 1e-3
+    """Peak learning rate of the UNet and text encoder (AdamW, warm-up then cosine decay)."""
+    snr_gamma: float = 5.0
+    """Min-SNR-gamma loss weighting of the denoiser."""
+    ema_decay: float = 0.999
+    """Decay of the exponential moving average of denoiser weights that is saved (with warm-up)."""
+    bf16: bool = True
+    """bfloat16 autocast (fast on CPUs with AVX512-BF16 and on GPUs); weights stay float32."""
+    warmup_steps: int = 100
+    """Linear warm-up steps of each phase."""
+    empty_prompt_share: float = 0.1
+    """Share of images trained with the empty prompt, for classifier-free guidance."""
+    generic_prompt_share: float = 0.4
+    """Share trained with a class-free prompt (``leaf``), so it means any non-minority leaf."""
+    generic_prompts: tuple[str, ...] = ("leaf", "a leaf", "a photo of a leaf", "a photo of a leaf on a tree")
+    """Prompts that name no class."""
+    class_prompts: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {
+            "healthy": ("healthy leaf", "a healthy leaf", "a photo of a healthy leaf"),
+            "rust": ("leaf with rust", "a leaf with rust", "a photo of a leaf with rust"),
+            "scab": ("leaf with scab", "a leaf with scab", "a photo of a leaf with scab"),
+        }
+    )
+    """Prompts per class; the minority class has none, as SD v1.5 does not know it either."""
+
+    def __post_init__(self) -> None:
+        for name in ("vae_steps", "unet_steps", "vae_batch_size", "unet_batch_size"):
+            _positive(name, getattr(self, name))
+        if not 0 <= self.empty_prompt_share + self.generic_prompt_share <= 1:
+            raise FieldError(
+                "generic_prompt_share", "empty_prompt_share + generic_prompt_share must be in [0, 1]"
+            )
+        if "multiple_diseases" in self.class_prompts:
+            raise FieldError("class_prompts", "the base model must never see the minority class")
+
+
+@dataclass
+class TinyModelRecipe:
+    architecture: TinyArchitecture = field(default_factory=TinyArchitecture)
+    """Shapes of the components."""
+    training: TinyTraining = field(default_factory=TinyTraining)
+    """Data and optimisation."""
+    num_workers: int = 2
+    """Processes painting the procedural training set."""

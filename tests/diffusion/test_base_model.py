@@ -1,0 +1,139 @@
+"""A few steps of the real training code on a tiny setting: the loss falls, the folder is a pipeline, a
+rerun resumes after the finished autoencoder phase."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+from leafgen.cli import main
+from leafgen.config.loader import field_docs, from_dict, read_yaml
+from leafgen.diffusion.base_model import (
+    RECIPE_FILE,
+    autoencoder_loss,
+    loss_drop,
+    prompt_table,
+    read_history,
+    sample_prompts,
+    train_base_model,
+)
+from leafgen.diffusion.recipe import TinyArchitecture, TinyModelRecipe, TinyTraining
+from leafgen.errors import ConfigError
+
+from .conftest import tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("base")
+    recipe = tiny_recipe()
+    out = train_base_model(recipe, root / "model", root / "work")
+    return recipe, out, root / "work"
+
+
+def test_short_training_lowers_both_losses(trained):
+    _, _, work = trained
+    history = read_history(work)
+    for phase in ("autoencoder", "denoiser", "decoder"):
+        first, last = loss_drop(history, phase, window=2)
+        assert last < first, (phase, first, last)
+
+
+def test_output_is_a_pipeline_with_its_recipe(trained):
+    recipe, out, _ = trained
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    assert from_dict(TinyModelRecipe, read_yaml(out / RECIPE_FILE)) == recipe
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured on this model's latents, not SD's constant
+    assert pipe.tokenizer.model_max_length == recipe.architecture.max_length
+    img = pipe("leaf with scab", num_inference_steps=2, height=16, width=24, output_type="pt").images
+    assert img.shape == (1, 3, 16, 24)
+
+
+def test_rerun_reuses_finished_phases_and_redoes_what_the_recipe_changed(trained, tmp_path):
+    recipe, _, work = trained
+    before = read_history(work)
+    train_base_model(recipe, tmp_path / "again", work)
+    new = read_history(work)[len(before) :]
+    assert new and {row["phase"] for row in new} == {"decoder"}  # autoencoder and denoiser were reused
+
+    changed = replace(recipe, training=replace(recipe.training, unet_steps=5))
+    before = read_history(work)
+    train_base_model(changed, tmp_path / "changed", work)
+    assert {row["phase"] for row in read_history(work)[len(before) :]} == {"denoiser", "decoder"}
+
+
+def test_decoder_fine_tune_leaves_the_latent_space_alone(trained):
+    _, out, work = trained
+    trained_vae = AutoencoderKL.from_pretrained(work / "vae").state_dict()
+    final = AutoencoderKL.from_pretrained(out / "vae").state_dict()
+    frozen = [k for k in final if k.startswith(("encoder.", "quant_conv."))]
+    tuned = [k for k in final if k.startswith("decoder.")]
+    assert frozen and all(torch.equal(final[k], trained_vae[k]) for k in frozen)
+    assert any(not torch.equal(final[k], trained_vae[k]) for k in tuned)
+
+
+def test_cli_trains_with_overrides_and_reports_losses(trained, tmp_path, capsys):
+    _, _, work = trained
+    recipe_yaml = tmp_path / "recipe.yaml"
+    from leafgen.config.loader import dump_yaml
+
+    recipe_yaml.write_text(dump_yaml(tiny_recipe()))
+    out = tmp_path / "cli-model"
+    assert (
+        main(
+            [
+                "base-model",
+                "--out",
+                str(out),
+                "--config",
+                str(recipe_yaml),
+                "--work",
+                str(work),
+                "training.unet_steps=3",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "denoiser: loss" in text and (out / "model_index.json").is_file()
+    assert main(["base-model", "--out", str(out), "training.unet_stepz=3"]) == 2
+    assert "training.unet_steps" in capsys.readouterr().err  # the closest key is suggested
+
+
+def test_minority_class_prompts_are_refused():
+    with pytest.raises(ConfigError, match="minority"):
+        from_dict(TinyModelRecipe, {"training": {"class_prompts": {"multiple_diseases": ["x"]}}})
+
+
+def test_shapes_must_fit_the_downsampling():
+    with pytest.raises(ConfigError, match="multiple of"):
+        from_dict(TinyModelRecipe, {"architecture": {"height": 30}})
+
+
+def test_every_recipe_field_is_documented():
+    for cls in (TinyArchitecture, TinyTraining, TinyModelRecipe):
+        docs = field_docs(cls)
+        assert all(docs.get(f) for f in cls.__dataclass_fields__), cls
+
+
+def test_prompt_shares_follow_the_recipe():
+    import numpy as np
+
+    recipe = TinyModelRecipe()
+    table = prompt_table(recipe)
+    picks = sample_prompts(["rust"] * 20000, recipe, np.random.default_rng(0))
+    prompts = [table[i] for i in picks]
+    t = recipe.training
+    assert abs(prompts.count("") / 20000 - t.empty_prompt_share) < 0.01
+    assert abs(sum(p in t.generic_prompts for p in prompts) / 20000 - t.generic_prompt_share) < 0.015
+    assert not any("scab" in p or "healthy" in p for p in prompts)
+
+
+def test_edge_term_penalises_blur_that_pixel_loss_barely_sees():
+    target = torch.zeros(1, 3, 8, 8)
+    target[..., ::2, :] = 1.0  # stripes: all edges
+    blurred = torch.full_like(target, 0.5)
+    assert autoencoder_loss(blurred, target, 1.0) > 2 * autoencoder_loss(blurred, target, 0.0)
