@@ -39,6 +39,8 @@ class Stage:
     """Extra key material computed before running, e.g. checksums of files outside the run directory."""
     version: int = 1
     """Bump when the stage's code changes what it writes, so old outputs are redone."""
+    check: Callable[[PipelineConfig], None] | None = None
+    """Refuses a config the stage cannot run (raises ConfigError) before any old output is cleared."""
 
 
 @dataclass
@@ -111,6 +113,8 @@ def run_stage(stage: Stage, cfg: PipelineConfig, run: RunDir, force: bool = Fals
     if marker is not None and marker["key"] == key and not force:
         return StageResult(stage.name, True, 0.0, marker["outputs"])
 
+    if stage.check is not None:
+        stage.check(cfg)
     started = directory / STARTED
     resumable = started.is_file() and json.loads(started.read_text()).get("key") == key and not force
     if directory.exists() and not resumable:

@@ -97,12 +97,15 @@ def _run(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     return {"model_dir": f"{ctx.dir.name}/model", "best_epoch": meta["epoch"] + 1, "test": summary}
 
 
-def _run_judge(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+def _check_judge(cfg: PipelineConfig) -> None:
     if cfg.eval.judge_seed == cfg.classifier.seed:
         raise ConfigError(
             f"eval.judge_seed ({cfg.eval.judge_seed}) must differ from classifier.seed: the judge must not "
             "be the model that gates generated images"
         )
+
+
+def _run_judge(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     return _run(replace(cfg, classifier=replace(cfg.classifier, seed=cfg.eval.judge_seed)), ctx)
 
 
@@ -120,4 +123,5 @@ JUDGE = Stage(
     fn=_run_judge,
     config_keys=("classifier", "eval.judge_seed", "data.target_class"),
     inputs=("dataset", "split"),
+    check=_check_judge,
 )

@@ -49,9 +49,10 @@ def test_judge_is_the_classifier_recipe_with_another_seed_and_the_check_uses_bot
         assert (out / f"samples_{prompt.replace(' ', '_')}.png").is_file()
     assert (out / "roundtrip.png").is_file() and "leaf with rust" in text
 
-    # The judge seed must not be the gating classifier's.
+    # The judge seed must not be the gating classifier's; refusing it leaves the finished judge in place.
     assert (
         main(["check-base-model", f"run_dir={data_run}", *TINY_RUN, "eval.judge_seed=0", "--out", str(out)])
         == 2
     )
     assert "eval.judge_seed" in capsys.readouterr().err
+    assert (data_run / "judge" / "model" / "model.safetensors").is_file()
