@@ -48,7 +48,7 @@ def _cmd_base_model(args: argparse.Namespace) -> None:
     work = args.work or args.out.with_name(args.out.name + ".work")
     out = train_base_model(recipe, args.out, work)
     history = read_history(work)
-    for phase in ("autoencoder", "denoiser"):
+    for phase in ("autoencoder", "denoiser", "decoder"):
         if any(row["phase"] == phase for row in history):
             first, last = loss_drop(history, phase)
             print(f"{phase}: loss {first:.4f} -> {last:.4f}")
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     base = sub.add_parser("base-model", help="train the embedded tiny text-to-image model from scratch")
     base.add_argument("--out", type=Path, required=True, help="diffusers pipeline folder to write")
-    base.add_argument("--config", type=Path, help="recipe YAML (default: the committed model's recipe)")
+    base.add_argument("--config", type=Path, help="recipe YAML (default: the built-in recipe)")
     base.add_argument("--work", type=Path, help="working folder kept for resuming (default: <out>.work)")
     base.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. training.unet_steps=100")
     base.set_defaults(func=_cmd_base_model)

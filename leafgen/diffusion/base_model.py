@@ -27,6 +27,7 @@ from leafgen.data.cache import ensure_cached
 from leafgen.data.images import image_path
 from leafgen.data.procedural import ProceduralSpec, make_dataset
 from leafgen.diffusion.components import build_pipeline, training_scheduler
+from leafgen.diffusion.evaluate import to_unit_float
 from leafgen.diffusion.recipe import TinyModelRecipe
 from leafgen.labels import CLASSES
 
@@ -46,13 +47,12 @@ def training_images(recipe: TinyModelRecipe, work: Path) -> tuple[np.ndarray, li
     labels = [label for _, label in keep]
     arch = recipe.architecture
     images = np.load(ensure_cached(paths, (arch.height, arch.width), work / "cache"), mmap_mode="r")
-    return images, list(labels)
+    return images, labels
 
 
-def to_model_range(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+def to_model_range(pixels: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], the range SD's autoencoder works in."""
-    x = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float()  # a copy: caches are read-only
-    return x / 127.5 - 1.0
+    return to_unit_float(pixels) * 2 - 1
 
 
 def _log_every(steps: int) -> int:
@@ -246,7 +246,6 @@ def train_base_model(recipe: TinyModelRecipe, out: str | Path, work: str | Path 
     work = Path(work) if work is not None else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(recipe.training.seed)
     history = work / HISTORY_FILE
 
     def log(row: dict[str, Any]) -> None:

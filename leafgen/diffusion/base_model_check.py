@@ -26,7 +26,15 @@ from leafgen.data.images import image_path
 from leafgen.data.split import read_split
 from leafgen.data.stages import dataset_root
 from leafgen.diffusion.components import load_pipeline
-from leafgen.diffusion.evaluate import class_shares, classifier_probs, generate, per_class_accuracy, roundtrip
+from leafgen.diffusion.evaluate import (
+    class_shares,
+    classifier_probs,
+    generate,
+    per_class_accuracy,
+    resize_images,
+    roundtrip,
+    to_unit_float,
+)
 from leafgen.errors import StageError
 from leafgen.labels import CLASSES
 from leafgen.stages import RunDir
@@ -85,6 +93,7 @@ def check_base_model(
         ensure_cached([image_path(root / "images", i) for i in ids], clf_size, run.root / "cache"),
         mmap_mode="r",
     )
+    originals = to_unit_float(pixels)
     trips = roundtrip(pipe.vae, pixels, size)
     result: dict[str, Any] = {
         "model": cfg.base_model.name_or_path,
@@ -94,21 +103,12 @@ def check_base_model(
             classifier_probs(baseline, trips, clf_size), labels, CLASSES
         ),
         "original_accuracy": per_class_accuracy(
-            classifier_probs(
-                baseline, torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2) / 255, clf_size
-            ),
-            labels,
-            CLASSES,
+            classifier_probs(baseline, originals, clf_size), labels, CLASSES
         ),
         "prompts": {},
     }
     save_image(
-        torch.cat(
-            [_resize(torch.from_numpy(np.array(pixels[:8])).permute(0, 3, 1, 2) / 255, size), trips[:8]]
-        ),
-        out / "roundtrip.png",
-        nrow=8,
-        padding=1,
+        torch.cat([resize_images(originals[:8], size), trips[:8]]), out / "roundtrip.png", nrow=8, padding=1
     )
     for prompt, expected in tqdm(PROMPTS.items(), desc="sampling per prompt", unit="prompt"):
         images = generate(
@@ -133,10 +133,6 @@ def _outputs(run: RunDir, stage: str) -> dict[str, Any]:
     if marker is None:
         raise StageError(f"{run.root}: stage {stage!r} has not completed; run: leafgen run --only {stage}")
     return marker["outputs"]
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return torch.nn.functional.interpolate(x.float(), size=size, mode="bilinear", antialias=True)
 
 
 def format_check(result: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """Checks of a text-to-image model by their effect on a classifier.
 
-Two questions: does the autoencoder keep what tells the classes apart (``roundtrip_predictions``), and do
-samples show what their prompt asks (``sample_predictions``, scored by an independent judge classifier).
+Two questions: does the autoencoder keep what tells the classes apart (``roundtrip``, scored with
+``per_class_accuracy``), and do samples show what their prompt asks (``generate``, scored with
+``class_shares`` by an independent judge classifier).
 """
 
 from __future__ import annotations
@@ -13,9 +14,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from leafgen.classifier.engine import MEAN, STD
+from leafgen.classifier.engine import eval_transform, predict_probs
+
+
+def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Float images (N, 3, H, W) resized to ``size`` = (height, width), antialiased like PIL's resize."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x.float()
+    return F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def to_unit_float(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1] (a copy: caches are memory-mapped read-only)."""
+    return torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float() / 255
 
 
 def classifier_probs(
@@ -23,16 +37,9 @@ def classifier_probs(
 ) -> np.ndarray:
     """Class probabilities of float images in [0, 1], (N, 3, H, W), resized to the classifier's ``size``."""
     device = next(model.parameters()).device
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-    out = []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            x = images[i : i + batch].float()
-            if x.shape[-2:] != size:
-                x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-            out.append(torch.softmax(model(((x - mean) / std).to(device)), dim=1).cpu())
-    return torch.cat(out).numpy()
+    x = eval_transform()(resize_images(images, size))
+    loader = DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=batch)
+    return predict_probs(model, loader, device)
 
 
 @torch.no_grad()
@@ -41,8 +48,7 @@ def roundtrip(vae: nn.Module, pixels: np.ndarray, size: tuple[int, int], batch: 
     vae.eval()
     out = []
     for i in tqdm(range(0, len(pixels), batch), desc="autoencoder round-trips", unit="batch", leave=False):
-        x = torch.from_numpy(np.array(pixels[i : i + batch])).permute(0, 3, 1, 2).float() / 255
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        x = resize_images(to_unit_float(pixels[i : i + batch]), size)
         z = vae.encode(x * 2 - 1).latent_dist.mode()
         out.append(((vae.decode(z).sample + 1) / 2).clamp(0, 1))
     return torch.cat(out)
