@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel, compute_snr
+from safetensors.torch import load_file, save_file
+from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
 from leafgen.config.loader import dump_yaml, fingerprint, to_dict
@@ -30,6 +32,7 @@ from leafgen.diffusion.components import build_pipeline, training_scheduler
 from leafgen.diffusion.evaluate import to_unit_float
 from leafgen.diffusion.recipe import TinyModelRecipe
 from leafgen.labels import CLASSES
+from leafgen.precision import autocast_bf16
 
 RECIPE_FILE = "leafgen_recipe.yaml"
 HISTORY_FILE = "history.jsonl"
@@ -59,10 +62,6 @@ def _log_every(steps: int) -> int:
     return max(1, min(25, steps // 8))
 
 
-def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def _autoencoder_batch(
     x: torch.Tensor, crop: int, permute_share: float, gen: torch.Generator
 ) -> torch.Tensor:
@@ -85,11 +84,22 @@ def _autoencoder_batch(
     return torch.stack([xi[:, t : t + crop, s : s + crop] for xi, t, s in zip(x, top, left)])
 
 
-def autoencoder_loss(recon: torch.Tensor, target: torch.Tensor, edge_weight: float = 1.0) -> torch.Tensor:
-    """L1 on pixels plus L1 on pixel differences: small dark lesions are edges, and a blurred edge is what
-    makes a round-trip lose its disease."""
+def autoencoder_loss(
+    recon: torch.Tensor, target: torch.Tensor, edge_weight: float = 1.0, detail_weight: float = 0.0
+) -> torch.Tensor:
+    """L1 on pixels, plus L1 on pixel differences (edges), with pixels weighted by their detail.
+
+    ``detail_weight`` up-weights pixels that differ from their blurred surroundings (lesions, veins,
+    outlines) in units of the batch's mean detail: lesions are a few per cent of a leaf's pixels, and an
+    unweighted loss learns the dominant greens first and turns orange rust spots yellow and scab away.
+    """
+    weight = 1.0
+    if detail_weight:
+        detail = (target - gaussian_blur(target, kernel_size=5, sigma=1.5)).abs().mean(dim=1, keepdim=True)
+        weight = 1 + detail_weight * detail / detail.mean().clamp_min(1e-6)
     grads = [(recon.diff(dim=d), target.diff(dim=d)) for d in (-1, -2)]
-    return F.l1_loss(recon, target) + edge_weight * sum(F.l1_loss(a, b) for a, b in grads)
+    pixels = ((recon - target).abs() * weight).mean()
+    return pixels + edge_weight * sum(F.l1_loss(a, b) for a, b in grads)
 
 
 def train_autoencoder(
@@ -124,11 +134,11 @@ def train_autoencoder(
     for step in bar:
         idx = torch.randint(0, len(images), (t.vae_batch_size,), generator=gen).sort().values.numpy()
         x = _autoencoder_batch(to_model_range(images[idx]), t.vae_crop, t.vae_permute_share, gen).to(device)
-        with _autocast(device, t.bf16):
+        with autocast_bf16(device, t.bf16):
             with torch.set_grad_enabled(not decoder_only):
                 posterior = vae.encode(x).latent_dist
             recon = vae.decode(posterior.mode()).sample.float()
-        rec = autoencoder_loss(recon, x, t.vae_edge_weight)
+        rec = autoencoder_loss(recon, x, t.vae_edge_weight, t.vae_detail_weight)
         loss = rec if decoder_only else rec + t.vae_kl_weight * posterior.kl().mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -217,7 +227,7 @@ def train_denoiser(
             device
         )
         zt = noise_scheduler.add_noise(z0, noise, steps)
-        with _autocast(device, t.bf16):
+        with autocast_bf16(device, t.bf16):
             pred = unet(zt, steps, text_encoder(ids[prompts])[0]).sample.float()
         # Min-SNR-gamma weighting (Hang et al. 2023) keeps the many easy low-noise steps from dominating.
         snr = compute_snr(noise_scheduler, steps)
@@ -275,19 +285,24 @@ def train_base_model(recipe: TinyModelRecipe, out: str | Path, work: str | Path 
     if recipe.training.decoder_steps:
         train_autoencoder(pipe.vae, images, recipe, device, log, decoder_only=True)
     pipe.to("cpu")
-    _save_atomically(pipe, out, extra={RECIPE_FILE: dump_yaml(recipe), "README.md": model_card(recipe)})
+    card = {RECIPE_FILE: dump_yaml(recipe), "README.md": model_card(recipe)}
+    _save_atomically(pipe, out, extra=card, finish=store_half_precision)
     return out
+
+
+# Recipe fields that only phases after the autoencoder read: changing them must not retrain it.
+_AFTER_AUTOENCODER = {
+    "architecture": ("unet_", "attention_", "text_", "max_length"),
+    "training": ("unet_", "snr_", "ema_", "empty_", "generic_", "class_", "decoder_"),
+}
 
 
 def phase_key(recipe: TinyModelRecipe, phase: str) -> str:
     """Hash of the recipe fields a phase's result depends on, so a resumed run reuses only what matches."""
     data = to_dict(recipe)
-    training = data["training"]
-    later = {
-        "autoencoder": ("unet_", "snr_", "ema_", "empty_", "generic_", "class_", "decoder_"),
-        "denoiser": ("decoder_",),
-    }[phase]
-    data["training"] = {k: v for k, v in training.items() if not k.startswith(later)}
+    later = _AFTER_AUTOENCODER if phase == "autoencoder" else {"training": ("decoder_",)}
+    for section, prefixes in later.items():
+        data[section] = {k: v for k, v in data[section].items() if not k.startswith(prefixes)}
     data.pop("num_workers")
     return fingerprint(data)
 
@@ -297,12 +312,31 @@ def _phase_done(directory: Path, recipe: TinyModelRecipe, phase: str) -> bool:
     return marker.is_file() and marker.read_text() == phase_key(recipe, phase)
 
 
-def _save_atomically(model: Any, target: Path, extra: dict[str, str] | None = None) -> None:
+def store_half_precision(folder: Path) -> None:
+    """Rewrite a pipeline folder's UNet and autoencoder weights in float16, halving their bytes.
+
+    diffusers loads them as float32 unless asked otherwise, so inference and fine-tuning are unchanged
+    apart from rounding. The text encoder stays float32: transformers loads weights in their stored dtype.
+    """
+    for component in ("unet", "vae"):
+        for path in (folder / component).glob("*.safetensors"):
+            tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(path).items()}
+            save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _save_atomically(
+    model: Any,
+    target: Path,
+    extra: dict[str, str] | None = None,
+    finish: Callable[[Path], None] | None = None,
+) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     for name, text in (extra or {}).items():
         (tmp / name).write_text(text, encoding="utf-8")
+    if finish is not None:
+        finish(tmp)
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
@@ -315,7 +349,8 @@ def model_card(recipe: TinyModelRecipe) -> str:
         "A tiny Stable-Diffusion-shaped text-to-image model trained from scratch by `leafgen base-model` on "
         "procedural apple leaves (healthy, rust, scab; never multiple_diseases). It stands in for SD v1.5 "
         f"offline. Images are {arch.height}x{arch.width}; the tokenizer is CLIP's real vocabulary, padded to "
-        f"{arch.max_length} tokens. Load it with `StableDiffusionPipeline.from_pretrained(<folder>)`.\n\n"
+        f"{arch.max_length} tokens. Load it with `StableDiffusionPipeline.from_pretrained(<folder>)`; "
+        "the UNet and autoencoder weights are stored in float16 and load as float32.\n\n"
         f"Recipe (architecture, data seed, training seed): `{RECIPE_FILE}`.\n"
     )
 

@@ -1,7 +1,7 @@
 """Typed recipe of the embedded tiny text-to-image model: its architecture and how it is trained.
 
-The recipe that produced the committed weights is saved beside them (``leafgen_recipe.yaml``), so
-``leafgen base-model --config <that file>`` retrains the same model.
+The defaults are the best recipe measured so far (docs/base_model.md). A trained model's recipe is saved
+beside its weights (``leafgen_recipe.yaml``), so ``leafgen base-model --config <that file>`` retrains it.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ class TinyArchitecture:
     """Image height in pixels; Kaggle photos are 3:2 landscape, so the model draws ``height x width``."""
     width: int = 96
     """Image width in pixels."""
-    vae_channels: tuple[int, ...] = (32, 64)
+    vae_channels: tuple[int, ...] = (32, 64, 64)
     """AutoencoderKL block widths; each block after the first halves the resolution."""
     vae_layers_per_block: int = 1
     """ResNet layers per VAE block."""
-    latent_channels: int = 8
-    """Channels of the latent image (SD uses 4 at 8x downsampling; 8 at 2x keeps small lesions sharp)."""
+    latent_channels: int = 16
+    """Channels of the latent image (SD uses 4 at 8x downsampling; 16 at 4x keeps small lesions, and the
+    denoiser then works at 16x24, a quarter of the cost of 2x downsampling)."""
     unet_channels: tuple[int, ...] = (32, 64, 128)
     """UNet2DConditionModel block widths, highest resolution first."""
     unet_layers_per_block: int = 1
     """ResNet layers per UNet block."""
-    unet_cross_attention: tuple[bool, ...] = (False, False, True)
+    unet_cross_attention: tuple[bool, ...] = (False, True, True)
     """Which UNet down blocks (and their mirrored up blocks) cross-attend to the prompt."""
     attention_heads: int = 4
     """Attention heads of each UNet transformer block."""
@@ -59,7 +60,7 @@ class TinyTraining:
     """Seed of the procedural training set; any other seed than the demo's so no demo image is seen."""
     data_scale: float = 2.0
     """Procedural training set size as a multiple of Kaggle's class counts (the minority class is dropped)."""
-    vae_steps: int = 800
+    vae_steps: int = 900
     """Optimiser steps of the autoencoder."""
     vae_batch_size: int = 64
     """Images per autoencoder step."""
@@ -72,15 +73,18 @@ class TinyTraining:
     """Share of autoencoder crops whose RGB channels are randomly permuted (colour-coverage augmentation)."""
     vae_edge_weight: float = 0.0
     """Weight of the L1 loss on pixel differences (edges) beside the L1 loss on pixels."""
+    vae_detail_weight: float = 2.0
+    """Extra weight of the pixel L1 loss on pixels that differ from their blurred surroundings, in units of
+    the batch's mean detail (0: plain L1); keeps small lesions' colour and shape through the autoencoder."""
     vae_kl_weight: float = 1e-6
     """Weight of the KL term; SD's autoencoder is nearly deterministic, so this stays tiny."""
     decoder_steps: int = 300
     """Steps of the final decoder-only fine-tune (encoder frozen, so the denoiser's latents are unchanged)."""
     decoder_lr_factor: float = 0.5
     """Learning rate of the decoder fine-tune as a fraction of ``vae_learning_rate``."""
-    unet_steps: int = 1000
+    unet_steps: int = 2400
     """Optimiser steps of the UNet and text encoder, trained jointly on cached latents."""
-    unet_batch_size: int = 64
+    unet_batch_size: int = 32
     """Latents per UNet step."""
     unet_learning_rate: float = 1e-3
     """Peak learning rate of the UNet and text encoder (AdamW, warm-up then cosine decay)."""
@@ -88,8 +92,9 @@ class TinyTraining:
     """Min-SNR-gamma loss weighting of the denoiser."""
     ema_decay: float = 0.999
     """Decay of the exponential moving average of denoiser weights that is saved (with warm-up)."""
-    bf16: bool = True
-    """bfloat16 autocast (fast on CPUs with AVX512-BF16 and on GPUs); weights stay float32."""
+    bf16: bool | None = None
+    """bfloat16 autocast, weights staying float32; null turns it on where the device computes bfloat16
+    natively (GPUs, AVX512-BF16 or AMX CPUs) and off elsewhere, where emulating it is ~14x slower."""
     warmup_steps: int = 100
     """Linear warm-up steps of each phase."""
     empty_prompt_share: float = 0.1
