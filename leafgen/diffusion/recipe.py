@@ -115,6 +115,9 @@ class TinyTraining:
     def __post_init__(self) -> None:
         for name in ("vae_steps", "unet_steps", "vae_batch_size", "unet_batch_size"):
             _positive(name, getattr(self, name))
+        # A negative weight would make pixel weights negative: a loss that rewards losing lesions.
+        for name in ("vae_edge_weight", "vae_detail_weight"):
+            _positive(name, getattr(self, name), allow_zero=True)
         if not 0 <= self.empty_prompt_share + self.generic_prompt_share <= 1:
             raise FieldError(
                 "generic_prompt_share", "empty_prompt_share + generic_prompt_share must be in [0, 1]"

@@ -130,6 +130,12 @@ def test_minority_class_prompts_are_refused():
         from_dict(TinyModelRecipe, {"training": {"class_prompts": {"multiple_diseases": ["x"]}}})
 
 
+def test_negative_loss_weights_are_refused():
+    for key in ("vae_detail_weight", "vae_edge_weight"):
+        with pytest.raises(ConfigError, match=f"training.{key}: must be >= 0"):
+            from_dict(TinyModelRecipe, {"training": {key: -1.0}})
+
+
 def test_shapes_must_fit_the_downsampling():
     with pytest.raises(ConfigError, match="multiple of"):
         from_dict(TinyModelRecipe, {"architecture": {"height": 30}})
