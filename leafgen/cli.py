@@ -38,6 +38,18 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
     print_classifier_summary(Path(cfg.run_dir))
 
 
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from leafgen.config import load_config
+    from leafgen.pipeline import GENERATION_STAGES, run_pipeline
+    from leafgen.report.summary import print_generation_summary
+
+    cfg = load_config(args.config, args.overrides)
+    # The data and classifier stages run when missing (skipped when complete); --force redoes only these two.
+    run_pipeline(cfg, only=("dataset", "split", "classifier"), argv=sys.argv, stages=GENERATION_STAGES)
+    run_pipeline(cfg, only=("generate", "gate"), force=args.force, argv=sys.argv, stages=GENERATION_STAGES)
+    print_generation_summary(Path(cfg.run_dir))
+
+
 def _cmd_base_model(args: argparse.Namespace) -> None:
     from leafgen.config.loader import apply_overrides, from_dict, read_yaml
     from leafgen.diffusion.base_model import loss_drop, read_history, train_base_model
@@ -141,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.add_argument("--force", action="store_true", help="retrain even if a complete run exists")
     train.set_defaults(func=_cmd_train_classifier)
+
+    gen = sub.add_parser(
+        "generate", help="generate synthetic images on Ray Data and gate them with the baseline classifier"
+    )
+    _add_config_args(gen)
+    gen.add_argument("--force", action="store_true", help="regenerate and regate even if complete")
+    gen.set_defaults(func=_cmd_generate)
 
     base = sub.add_parser("base-model", help="train the embedded tiny text-to-image model from scratch")
     base.add_argument("--out", type=Path, required=True, help="diffusers pipeline folder to write")

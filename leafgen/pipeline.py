@@ -7,23 +7,29 @@ from collections.abc import Callable, Sequence
 from leafgen.classifier.stage import CLASSIFIER, JUDGE
 from leafgen.config import PipelineConfig
 from leafgen.data.stages import DATASET, SPLIT
+from leafgen.diffusion.generation_stage import GATE, GENERATE
 from leafgen.errors import StageError
 from leafgen.stages import RunDir, Stage, StageResult, run_stage
 
-# Later stages (DreamBooth, generation, gate, mix, retrain, report) append here.
+# The main job. Later stages (DreamBooth, mix, retrain, report) append here; generation and its gate join
+# it with DreamBooth, since the base model alone does not know the target class.
 STAGES: tuple[Stage, ...] = (DATASET, SPLIT, CLASSIFIER, JUDGE)
+# ``leafgen generate``: synthetic images from base_model (plus generate.adapter), gated.
+GENERATION_STAGES: tuple[Stage, ...] = (DATASET, SPLIT, CLASSIFIER, GENERATE, GATE)
 
 
-def select_stages(only: Sequence[str] = (), start: str | None = None) -> list[Stage]:
-    names = [s.name for s in STAGES]
+def select_stages(
+    only: Sequence[str] = (), start: str | None = None, stages: Sequence[Stage] = STAGES
+) -> list[Stage]:
+    names = [s.name for s in stages]
     for name in [*only, *([start] if start else [])]:
         if name not in names:
             raise StageError(f"unknown stage {name!r}; stages are: {', '.join(names)}")
     if only:
-        return [s for s in STAGES if s.name in only]
+        return [s for s in stages if s.name in only]
     if start:
-        return list(STAGES[names.index(start) :])
-    return list(STAGES)
+        return list(stages[names.index(start) :])
+    return list(stages)
 
 
 def run_pipeline(
@@ -33,12 +39,13 @@ def run_pipeline(
     force: bool = False,
     log: Callable[[str], None] = print,
     argv: list[str] | None = None,
+    stages: Sequence[Stage] = STAGES,
 ) -> list[StageResult]:
     """Run the selected stages in order; ``force`` redoes them even when their markers match."""
     run = RunDir(cfg.run_dir)
     run.start(cfg, argv)
     results = []
-    for stage in select_stages(only, start):
+    for stage in select_stages(only, start, stages):
         result = run_stage(stage, cfg, run, force=force)
         how = "skipped (up to date)" if result.skipped else f"done in {result.seconds:.1f}s"
         log(f"[{stage.name}] {how}")

@@ -198,30 +198,42 @@ class GenerateConfig:
     num_images: int = 200
     """Synthetic target-class images generated."""
     prompts: tuple[str, ...] = ("<disease-leaf> leaf",)
-    """Prompt templates, sampled per image."""
+    """Prompt templates; each image's template is drawn from this list by its own seed."""
     negative_prompt: str = ""
     """Negative prompt for classifier-free guidance."""
     mode: Literal["txt2img", "img2img"] = "txt2img"
-    """txt2img, or img2img (SDEdit) from real train-split images."""
+    """txt2img, or img2img (SDEdit) from real train-split images of the target class."""
     strength: float = 0.5
-    """img2img noise strength in (0, 1]."""
+    """img2img noise strength in (0, 1]: the share of the denoising schedule re-run from the real image."""
     num_inference_steps: int = 25
     """Denoising steps."""
     guidance_scale: float = 7.5
     """Classifier-free guidance scale."""
+    scheduler: Literal["dpmsolver++", "ddim", "euler", "euler_ancestral", "pndm", "unipc"] = "dpmsolver++"
+    """Sampler, built from the base model's own noise schedule."""
     batch_size: int = 8
-    """Prompts per pipeline call."""
+    """Prompts per pipeline call (one Ray Data batch)."""
     seed: int = 0
-    """Base seed; each image's generator seed derives from it and the image id."""
+    """Base seed; each image's generator seed derives from it and the image's index only."""
+    adapter: str | None = None
+    """DreamBooth output to generate with: a diffusers pipeline folder (full fine-tune) or a folder with
+    ``pytorch_lora_weights.safetensors`` and/or ``learned_embeds.safetensors``; None: the base model."""
+    num_actors: int | None = None
+    """Generation actors (one pipeline each); None: one per GPU, or CPUs // cpu_threads without GPUs."""
+    cpu_threads: int = 2
+    """Torch threads (and Ray CPUs) per actor when generating on CPU."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Weights and activations dtype; auto: float16 on CUDA, float32 on CPU."""
 
     def __post_init__(self) -> None:
-        for name in ("num_inference_steps", "batch_size"):
+        for name in ("num_inference_steps", "batch_size", "cpu_threads", "num_actors"):
             _positive(name, getattr(self, name))
         _positive("num_images", self.num_images, allow_zero=True)
+        _positive("guidance_scale", self.guidance_scale, allow_zero=True)
         if not 0 < self.strength <= 1:
             raise FieldError("strength", f"must be in (0, 1], got {self.strength}")
-        if not self.prompts:
-            raise FieldError("prompts", "needs at least one prompt template")
+        if not self.prompts or not all(p.strip() for p in self.prompts):
+            raise FieldError("prompts", "needs at least one non-empty prompt template")
 
 
 @dataclass
@@ -229,12 +241,16 @@ class GateConfig:
     threshold: float = 0.5
     """Minimum baseline-classifier probability of the target class for a synthetic image to be kept."""
     near_duplicate_distance: int = 6
-    """Perceptual-hash Hamming distance at or below which a synthetic image counts as a copy of a real one."""
+    """Perceptual-hash (64-bit pHash) Hamming distance at or below which a synthetic image counts as a
+    copy of a real train, val or test image and is dropped (distinct demo images are 10 or more apart)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold <= 1:
             raise FieldError("threshold", f"must be in [0, 1], got {self.threshold}")
-        _positive("near_duplicate_distance", self.near_duplicate_distance, allow_zero=True)
+        if not 0 <= self.near_duplicate_distance <= 64:
+            raise FieldError(
+                "near_duplicate_distance", f"must be in [0, 64], got {self.near_duplicate_distance}"
+            )
 
 
 @dataclass

@@ -132,7 +132,7 @@ def resolve_model_path(name_or_path: str) -> str:
 def load_pipeline(
     name_or_path: str,
     revision: str | None = None,
-    torch_dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32,
 ) -> StableDiffusionPipeline:
     """Load a Stable Diffusion pipeline from the embedded model, a local folder or the Hugging Face hub."""
     source = resolve_model_path(name_or_path)
@@ -140,7 +140,7 @@ def load_pipeline(
         return StableDiffusionPipeline.from_pretrained(
             source,
             revision=revision,
-            torch_dtype=torch_dtype,
+            dtype=dtype,
             safety_checker=None,
             requires_safety_checker=False,
         )

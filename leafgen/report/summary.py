@@ -56,3 +56,21 @@ def print_classifier_summary(run_dir: Path) -> None:
     outputs = json.loads(marker.read_text())["outputs"]
     print(f"classifier (best epoch {outputs['best_epoch']}) on the held-out test split:")
     print(format_per_class(outputs["test"]))
+
+
+def print_generation_summary(run_dir: Path) -> None:
+    """Images generated (with their model time) and what the quality gate kept, if those stages ran."""
+    generate, gate = run_dir / "generate" / "_complete.json", run_dir / "gate" / "summary.json"
+    if generate.is_file():
+        out = json.loads(generate.read_text())
+        print(
+            f"generated {out['outputs']['images']} images in {out['seconds']:.0f}s "
+            f"({out['outputs']['model_seconds']:.1f}s of pipeline time): {run_dir / 'generate'}"
+        )
+    if gate.is_file():
+        info = json.loads(gate.read_text())
+        reasons = ", ".join(f"{n} {why}" for why, n in info["rejected_by_reason"].items()) or "none rejected"
+        print(
+            f"quality gate kept {info['accepted']} of {info['images']} "
+            f"({info['acceptance_rate']:.1%}; threshold {info['threshold']}): {reasons}"
+        )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
+from diffusers import StableDiffusionPipeline
 
 from leafgen.diffusion.components import build_pipeline
 from leafgen.diffusion.recipe import TinyArchitecture, TinyModelRecipe, TinyTraining
@@ -48,3 +52,47 @@ def tiny_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-t2i") / "model"
     build_pipeline(tiny_architecture(), seed=0).save_pretrained(path, safe_serialization=True)
     return path
+
+
+IDENTIFIER = "<disease-leaf>"
+
+
+def write_lora_adapter(model_dir: Path, out: Path, rank: int = 4, seed: int = 0) -> Path:
+    """A DreamBooth-style LoRA output for ``model_dir``: UNet LoRA weights (random, so they visibly act)
+    and a learned embedding for a new identifier token, in the files diffusers loads."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    pipe.unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero, which would make the adapter a no-op
+                param.normal_(0, 0.5)
+    out.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(
+        out, unet_lora_layers=get_peft_model_state_dict(pipe.unet), safe_serialization=True
+    )
+    width = pipe.text_encoder.get_input_embeddings().embedding_dim
+    save_file({IDENTIFIER: torch.randn(width)}, out / "learned_embeds.safetensors")
+    return out
+
+
+@pytest.fixture(scope="session")
+def lora_adapter(tiny_model_dir, tmp_path_factory):
+    return write_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("lora") / "adapter")
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_model(tmp_path_factory):
+    """A tiny pipeline trained by the real recipe code long enough that its autoencoder round-trips
+    images recognisably (used where random weights would make a check meaningless)."""
+    from leafgen.diffusion.base_model import train_base_model
+
+    root = tmp_path_factory.mktemp("trained-t2i")
+    recipe = tiny_recipe(vae_steps=200, unet_steps=400, vae_crop=0, vae_batch_size=16)
+    return train_base_model(recipe, root / "model", root / "work")

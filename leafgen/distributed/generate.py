@@ -1,0 +1,82 @@
+"""Generation on Ray Data: prompt rows sharded over an actor pool, one diffusers pipeline per actor.
+
+Only wiring lives here. The rows not yet finished (``manifest.finished_ids``) go into ``from_items``;
+``map_batches`` runs :class:`~leafgen.diffusion.generator.ImageGenerator` on an ``ActorPoolStrategy`` with
+one GPU per actor, or on CPU with ``cpu_threads`` CPUs (and torch threads) each. Actors write images and
+manifest parts themselves, so whatever finished before a crash of an actor or of the driver is kept, and
+the same call again renders only what is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow as pa
+import ray
+from ray.data import ActorPoolStrategy, DataContext
+from tqdm.auto import tqdm
+
+from leafgen.config import RayConfig
+from leafgen.diffusion.adapters import EngineSettings
+from leafgen.diffusion.generator import ImageGenerator
+from leafgen.diffusion.manifest import finalize, finished_ids
+from leafgen.diffusion.prompt_table import Row
+from leafgen.distributed.runtime import ensure_ray
+from leafgen.errors import LeafgenError
+
+
+def actor_plan(resources: dict[str, float], num_actors: int | None, cpu_threads: int) -> tuple[int, dict]:
+    """How many actors, and what each one asks Ray for: a GPU each when the cluster has GPUs, else
+    ``cpu_threads`` CPUs each (all of the cluster's CPUs by default)."""
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        return num_actors or gpus, {"num_gpus": 1}
+    cpus = int(resources.get("CPU", 1))
+    threads = min(cpu_threads, cpus)
+    return num_actors or max(1, cpus // threads), {"num_cpus": threads}
+
+
+def generate_on_ray(
+    rows: Sequence[Row],
+    engine: EngineSettings,
+    out_dir: str | Path,
+    batch_size: int,
+    ray_cfg: RayConfig | None = None,
+    num_actors: int | None = None,
+    cpu_threads: int = 2,
+    progress: bool = True,
+) -> pa.Table:
+    """Generate every row not already finished in ``out_dir``; returns the manifest of all ``rows``."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    ids = [row["id"] for row in rows]
+    if len(set(ids)) != len(ids):
+        raise LeafgenError("the prompt table repeats image ids; every row needs its own id")
+    done = finished_ids(out_dir, rows)
+    todo = [row for row in rows if row["id"] not in done]
+    if todo:
+        resources = ensure_ray(ray_cfg)
+        actors, per_actor = actor_plan(resources, num_actors, cpu_threads)
+        actors = min(actors, math.ceil(len(todo) / batch_size))
+        # One tqdm bar over images instead of Ray Data's per-operator bars.
+        DataContext.get_current().enable_progress_bars = False
+        dataset = ray.data.from_items(todo).map_batches(
+            ImageGenerator,
+            fn_constructor_kwargs={
+                "engine": asdict(engine),
+                "out_dir": str(out_dir),
+                "threads": per_actor.get("num_cpus"),
+            },
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=actors),
+            **per_actor,
+        )
+        with tqdm(
+            total=len(rows), initial=len(done), desc="generating", unit="img", disable=not progress
+        ) as bar:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                bar.update(len(batch["id"]))
+    return finalize(out_dir, rows)
