@@ -156,7 +156,12 @@ class BaseModelConfig:
 @dataclass
 class DreamBoothConfig:
     identifier_token: str = "<disease-leaf>"
-    """New token added to the tokenizer for the target class."""
+    """Identifier of the target class in prompts; must tokenize to one token (see ``new_token``)."""
+    new_token: bool = True
+    """Add ``identifier_token`` to the tokenizer with its own trained embedding (saved as
+    learned_embeds.safetensors); False uses an existing rare token of the vocabulary as is."""
+    initializer_token: str = "leaf"
+    """Existing token whose embedding a new identifier token starts from."""
     instance_prompt: str = "<disease-leaf> leaf"
     """Prompt paired with the target-class training images."""
     class_prompt: str = "leaf"
@@ -166,31 +171,81 @@ class DreamBoothConfig:
     prior_loss_weight: float = 1.0
     """Weight of the prior-preservation loss; 0 disables prior preservation."""
     learning_rate: float = 5e-6
-    """Peak learning rate."""
+    """Peak learning rate of the UNet (or its LoRA) and a fully trained text encoder."""
+    embedding_learning_rate: float = 5e-4
+    """Learning rate of a new identifier token's embedding (textual inversion learns at ~1e-3)."""
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    """Learning-rate schedule (diffusers' get_scheduler)."""
+    lr_warmup_steps: int = 0
+    """Linear warm-up steps of the schedule."""
     max_train_steps: int = 400
     """Optimiser steps."""
+    train_batch_size: int = 4
+    """Instance images per step and worker (as many class images join them with prior preservation)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches accumulated per optimiser step."""
     train_text_encoder: bool = False
-    """Fine-tune the text encoder too."""
+    """Fine-tune the whole text encoder too (or its LoRA when lora_rank > 0)."""
     lora_rank: int = 0
-    """LoRA rank; 0 means a full fine-tune of the UNet."""
+    """LoRA rank (peft); 0 means a full fine-tune of the UNet."""
+    lora_alpha: float | None = None
+    """LoRA alpha; None: equal to the rank (scale 1)."""
+    lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    """Modules given LoRA adapters (attention projections, as diffusers' DreamBooth LoRA script does)."""
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    """Autocast precision; auto: bf16 where the device computes it natively, else fp16 on CUDA, else none."""
+    gradient_checkpointing: bool = False
+    """Recompute UNet activations in the backward pass: less memory, ~20-30% more time."""
+    use_8bit_adam: bool = False
+    """bitsandbytes' 8-bit AdamW (CUDA only; an error if bitsandbytes is missing)."""
+    snr_gamma: float | None = None
+    """Min-SNR-gamma loss weighting (5.0 is the paper's value); None: plain MSE."""
+    noise_offset: float = 0.0
+    """Offset noise: adds this times per-channel Gaussian noise to the noise mean (0.1 is common)."""
+    crop: Literal["center", "random"] = "center"
+    """How images of other sizes are cropped after resizing to cover the resolution."""
+    seed: int = 0
+    """Seed of initialisation, data order, noise and validation samples."""
     num_workers: int = 1
     """Ray Train workers (DDP processes)."""
     validation_steps: int = 100
     """Generate validation grids every this many steps."""
+    validation_prompts: tuple[str, ...] = ("<disease-leaf> leaf", "leaf", "a photo of a leaf")
+    """Prompts of the validation grids (instance, class and drift prompts)."""
+    num_validation_images: int = 4
+    """Images per validation prompt, with fixed seeds 0..n-1."""
     checkpointing_steps: int = 100
     """Report a checkpoint every this many steps."""
+    keep_checkpoints: int = 2
+    """Checkpoints Ray keeps (the latest ones)."""
+    max_failures: int = 2
+    """Worker-group restarts from the last checkpoint before the run fails."""
 
     def __post_init__(self) -> None:
         for name in (
             "learning_rate",
+            "embedding_learning_rate",
             "max_train_steps",
+            "train_batch_size",
+            "gradient_accumulation_steps",
             "num_workers",
             "validation_steps",
             "checkpointing_steps",
+            "keep_checkpoints",
+            "num_validation_images",
+            "snr_gamma",
+            "lora_alpha",
         ):
             _positive(name, getattr(self, name))
-        for name in ("num_class_images", "prior_loss_weight", "lora_rank"):
+        for name in ("num_class_images", "prior_loss_weight", "lora_rank", "lr_warmup_steps", "max_failures"):
             _positive(name, getattr(self, name), allow_zero=True)
+        _positive("noise_offset", self.noise_offset, allow_zero=True)
+        if self.prior_loss_weight > 0 and self.num_class_images == 0:
+            raise FieldError(
+                "num_class_images", "prior preservation (prior_loss_weight > 0) needs class images"
+            )
+        if not self.identifier_token.strip() or " " in self.identifier_token:
+            raise FieldError("identifier_token", f"must be one word, got {self.identifier_token!r}")
 
 
 @dataclass
