@@ -50,6 +50,17 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     print_generation_summary(Path(cfg.run_dir))
 
 
+def _cmd_dreambooth(args: argparse.Namespace) -> None:
+    from leafgen.config import load_config
+    from leafgen.pipeline import DREAMBOOTH_STAGES, run_pipeline
+    from leafgen.report.summary import print_dreambooth_summary
+
+    cfg = load_config(args.config, args.overrides)
+    run_pipeline(cfg, only=("dataset", "split", "class_images"), argv=sys.argv, stages=DREAMBOOTH_STAGES)
+    run_pipeline(cfg, only=("dreambooth",), force=args.force, argv=sys.argv, stages=DREAMBOOTH_STAGES)
+    print_dreambooth_summary(Path(cfg.run_dir))
+
+
 def _cmd_base_model(args: argparse.Namespace) -> None:
     from leafgen.config.loader import apply_overrides, from_dict, read_yaml
     from leafgen.diffusion.base_model import loss_drop, read_history, train_base_model
@@ -160,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(gen)
     gen.add_argument("--force", action="store_true", help="regenerate and regate even if complete")
     gen.set_defaults(func=_cmd_generate)
+
+    db = sub.add_parser(
+        "dreambooth",
+        help="teach base_model the target class with DreamBooth on Ray Train (class images first)",
+    )
+    _add_config_args(db)
+    db.add_argument("--force", action="store_true", help="fine-tune again even if complete")
+    db.set_defaults(func=_cmd_dreambooth)
 
     base = sub.add_parser("base-model", help="train the embedded tiny text-to-image model from scratch")
     base.add_argument("--out", type=Path, required=True, help="diffusers pipeline folder to write")

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from leafgen.classifier.stage import CLASSIFIER, JUDGE
 from leafgen.config import PipelineConfig
 from leafgen.data.stages import DATASET, SPLIT
+from leafgen.diffusion.dreambooth_stage import CLASS_IMAGES, DREAMBOOTH
 from leafgen.diffusion.generation_stage import GATE, GENERATE
 from leafgen.errors import StageError
 from leafgen.stages import RunDir, Stage, StageResult, run_stage
@@ -16,6 +17,8 @@ from leafgen.stages import RunDir, Stage, StageResult, run_stage
 STAGES: tuple[Stage, ...] = (DATASET, SPLIT, CLASSIFIER, JUDGE)
 # ``leafgen generate``: synthetic images from base_model (plus generate.adapter), gated.
 GENERATION_STAGES: tuple[Stage, ...] = (DATASET, SPLIT, CLASSIFIER, GENERATE, GATE)
+# ``leafgen dreambooth``: class images from base_model, then the fine-tune on the target class.
+DREAMBOOTH_STAGES: tuple[Stage, ...] = (DATASET, SPLIT, CLASS_IMAGES, DREAMBOOTH)
 
 
 def select_stages(

@@ -12,8 +12,8 @@ import json
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,11 @@ from leafgen.classifier.metrics import classification_metrics
 from leafgen.classifier.model import build_classifier
 from leafgen.config import ClassifierConfig
 from leafgen.labels import CLASSES
+from leafgen.worker import ReportFn, WorkerContext
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 META_FILE = "classifier.json"
-
-ReportFn = Callable[[dict[str, Any], Path | None], None]
 
 
 @dataclass
@@ -51,17 +50,6 @@ class SplitArrays:
 
     images: np.ndarray
     labels: np.ndarray
-
-
-@dataclass
-class WorkerContext:
-    """Where this process sits in a data-parallel group; the defaults mean a single process."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m
-    """Wraps the model for DDP (Ray's ``prepare_model``) after it is on ``device``."""
 
 
 class EpochSampler(Sampler[int]):

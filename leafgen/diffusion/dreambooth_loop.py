@@ -178,22 +178,26 @@ class DreamBoothTrainer:
         )
 
     def load_checkpoint(self, folder: Path) -> None:
-        weights = load_file(str(folder / WEIGHTS_FILE))
-        params = {
-            f"{prefix}.{name}": p
-            for prefix, module in (("unet", self.models.unet), ("text_encoder", self.models.text_encoder))
-            for name, p in module.named_parameters()
-        }
-        with torch.no_grad():
-            for key, value in weights.items():
-                if key == EMBEDDING_KEY:
-                    table = self.models.text_encoder.get_input_embeddings().weight
-                    table[self.models.token_id] = value.to(table.device, table.dtype)
-                else:
-                    params[key].copy_(value)
+        apply_trainable_state(self.models, load_file(str(folder / WEIGHTS_FILE)))
         state: dict[str, Any] = torch.load(folder / STATE_FILE, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
         self.step = state["step"]
+
+
+def apply_trainable_state(models: DreamBoothModels, weights: dict[str, torch.Tensor]) -> None:
+    """Copy a checkpoint's trained tensors (``DreamBoothTrainer.trainable_state``) into ``models``."""
+    params = {
+        f"{prefix}.{name}": p
+        for prefix, module in (("unet", models.unet), ("text_encoder", models.text_encoder))
+        for name, p in module.named_parameters()
+    }
+    with torch.no_grad():
+        for key, value in weights.items():
+            if key == EMBEDDING_KEY:
+                table = models.text_encoder.get_input_embeddings().weight
+                table[models.token_id] = value.to(table.device, table.dtype)
+            else:
+                params[key].copy_(value)

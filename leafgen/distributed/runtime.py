@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -69,3 +70,16 @@ def shutdown() -> None:
 
         if ray.is_initialized():
             ray.shutdown()
+
+
+def quiet_train_report_log() -> None:
+    """Silence Ray Train's per-report INFO line inside a worker.
+
+    Ray 2.60 logs every report (with all metrics) at INFO under a logger named by its file path, which
+    LoggingConfig does not reach; the driver callbacks print one line per report instead.
+    """
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)

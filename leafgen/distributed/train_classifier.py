@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,10 @@ from ray.train import (
 from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
 from torch.utils.tensorboard import SummaryWriter
 
-from leafgen.classifier.training import SplitArrays, WorkerContext, fit
+from leafgen.classifier.training import SplitArrays, fit
 from leafgen.config import PipelineConfig, from_dict
-from leafgen.distributed.runtime import ensure_ray
+from leafgen.distributed.runtime import ensure_ray, quiet_train_report_log
+from leafgen.worker import WorkerContext
 
 HISTORY_FILE = "history.jsonl"
 
@@ -83,18 +83,8 @@ class EpochMetrics(UserCallback):
         )
 
 
-def _quiet_report_log() -> None:
-    # Ray 2.60 logs every report (with all metrics) at INFO under a logger named by its file path, which
-    # LoggingConfig does not reach; the driver prints one line per epoch instead.
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-    except ImportError:
-        return
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-
-
 def _worker_loop(config: dict[str, Any]) -> None:
-    _quiet_report_log()
+    quiet_train_report_log()
     cfg = from_dict(PipelineConfig, config["cfg"])
     ctx = ray.train.get_context()
     device = get_device()

@@ -74,3 +74,22 @@ def print_generation_summary(run_dir: Path) -> None:
             f"quality gate kept {info['accepted']} of {info['images']} "
             f"({info['acceptance_rate']:.1%}; threshold {info['threshold']}): {reasons}"
         )
+
+
+def print_dreambooth_summary(run_dir: Path) -> None:
+    """Where the DreamBooth output, its validation grids and logs are, and its final losses."""
+    summary = run_dir / "dreambooth" / "summary.json"
+    if not summary.is_file():
+        return
+    info = json.loads(summary.read_text())
+    loss = info["final_loss"]
+    print(
+        f"dreambooth ({info['kind']}, {info['steps']} steps, {info['instance_images']} instance and "
+        f"{info['class_images']} class images): loss {loss['loss']:.4f} "
+        f"(instance {loss['loss/instance']:.4f}, prior {loss['loss/prior']:.4f})"
+    )
+    print(f"  output: {run_dir / info['model_dir']}")
+    print(
+        f"  validation grids: {run_dir / 'dreambooth' / 'validation'} ({len(info['validation_grids'])} steps)"
+    )
+    print(f"  tensorboard --logdir {run_dir / 'dreambooth' / 'ray' / 'tensorboard'}")

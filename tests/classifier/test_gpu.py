@@ -21,7 +21,7 @@ def _arrays(n=48):
 
 
 def test_bf16_channels_last_loop_learns_on_cuda():
-    from leafgen.classifier.training import WorkerContext
+    from leafgen.worker import WorkerContext
 
     cfg = load_config(
         None,

@@ -1,0 +1,105 @@
+"""The ``class_images`` and ``dreambooth`` pipeline stages.
+
+``class_images`` renders ``dreambooth.num_class_images`` images of the class prompt with the base model
+through the generation engine (Ray Data), with the sampler settings of ``generate``; it is its own stage so
+DreamBooth settings can change without regenerating them. ``dreambooth`` fine-tunes on the train split's
+target-class images on Ray Train and exports the output to ``run_dir/dreambooth/model`` (LoRA weights and
+learned embeddings, or a pipeline folder), with validation grids per step in ``validation/``, losses in
+``ray/history.jsonl`` and TensorBoard logs in ``ray/tensorboard``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from leafgen import atomic
+from leafgen.config import PipelineConfig
+from leafgen.diffusion.adapters import EngineSettings
+from leafgen.diffusion.generation_stage import save_grid, train_sources
+from leafgen.diffusion.manifest import MANIFEST_FILE, read_manifest
+from leafgen.diffusion.prompt_table import TableSpec, prompt_table
+from leafgen.stages import Stage, StageContext
+
+MODEL_DIR = "model"
+
+
+def _class_images(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    from leafgen.distributed.generate import generate_on_ray
+
+    db, g, b = cfg.dreambooth, cfg.generate, cfg.base_model
+    if db.num_class_images == 0:
+        return {"manifest": None, "images": 0}
+    spec = TableSpec(
+        num_images=db.num_class_images,
+        prompts=(db.class_prompt,),
+        negative_prompt=g.negative_prompt,
+        seed=db.seed,
+        steps=g.num_inference_steps,
+        guidance=g.guidance_scale,
+        height=b.resolution,
+        width=b.width or b.resolution,
+        prefix="class",
+    )
+    engine = EngineSettings(b.name_or_path, b.revision, None, g.scheduler, g.dtype)
+    table = generate_on_ray(
+        prompt_table(spec), engine, ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads
+    )
+    save_grid([ctx.dir / f for f in table.column("file").to_pylist()], ctx.dir / "samples.png")
+    return {"manifest": f"{ctx.dir.name}/{MANIFEST_FILE}", "images": table.num_rows}
+
+
+def _dreambooth(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    from leafgen.diffusion.dreambooth_train import export_checkpoint
+    from leafgen.distributed.train_dreambooth import read_history, train_dreambooth_on_ray
+
+    instance = [path for _, path in train_sources(cfg, ctx)]
+    manifest = ctx.inputs["class_images"]["manifest"]
+    classes = []
+    if manifest:  # manifest rows name files relative to the manifest's folder
+        folder = (ctx.run.root / manifest).parent
+        classes = [folder / row["file"] for row in read_manifest(ctx.run.root / manifest)]
+    base = cfg.base_model.name_or_path
+    result = train_dreambooth_on_ray(cfg, base, instance, classes, ctx.dir / "ray", ctx.dir / "validation")
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as checkpoint:
+        export_checkpoint(
+            cfg.dreambooth, base, Path(checkpoint), ctx.dir / MODEL_DIR, cfg.base_model.revision
+        )
+    history = read_history(ctx.dir / "ray")
+    last = history[-1]
+    summary = {
+        "model_dir": f"{ctx.dir.name}/{MODEL_DIR}",
+        "kind": "lora" if cfg.dreambooth.lora_rank else "full",
+        "instance_images": len(instance),
+        "class_images": len(classes),
+        "steps": int(last["step"]),
+        "final_loss": {k: last[k] for k in ("loss", "loss/instance", "loss/prior")},
+        "validation_grids": sorted(p.name for p in (ctx.dir / "validation").glob("step_*.png")),
+    }
+    atomic.write_json(ctx.dir / "summary.json", summary)
+    return summary
+
+
+CLASS_IMAGES = Stage(
+    name="class_images",
+    fn=_class_images,
+    config_keys=(
+        "base_model",
+        "dreambooth.class_prompt",
+        "dreambooth.num_class_images",
+        "dreambooth.seed",
+        "generate.negative_prompt",
+        "generate.num_inference_steps",
+        "generate.guidance_scale",
+        "generate.scheduler",
+        "generate.dtype",
+    ),
+)
+DREAMBOOTH = Stage(
+    name="dreambooth",
+    fn=_dreambooth,
+    config_keys=("base_model", "dreambooth", "data.target_class"),
+    inputs=("dataset", "split", "class_images"),
+)

@@ -1,0 +1,122 @@
+"""DreamBooth on real Ray Train (2 CPU workers, gloo): the command end to end, and a killed worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from leafgen.cli import main
+from leafgen.config import load_config
+from leafgen.stages import RunDir
+
+from ..diffusion.conftest import IDENTIFIER, tiny_architecture
+from .conftest import TINY_RUN
+
+DB = [
+    "base_model.resolution=16",
+    "base_model.width=24",
+    "generate.num_inference_steps=2",
+    "dreambooth.lora_rank=2",
+    "dreambooth.num_class_images=4",
+    "dreambooth.train_batch_size=1",
+    "dreambooth.learning_rate=0.001",
+    "dreambooth.num_workers=2",
+    "dreambooth.max_train_steps=6",
+    "dreambooth.checkpointing_steps=3",
+    "dreambooth.validation_steps=3",
+    "dreambooth.num_validation_images=2",
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from leafgen.diffusion.components import build_pipeline
+
+    path = tmp_path_factory.mktemp("db-model") / "tiny"
+    build_pipeline(tiny_architecture(), seed=0).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dreambooth_run(ray_cluster, data_run, model_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("db") / "run"
+    shutil.copytree(data_run, run_dir)
+    args = [*TINY_RUN, f"run_dir={run_dir}", f"base_model.name_or_path={model_dir}", *DB]
+    assert main(["dreambooth", *args]) == 0
+    return run_dir, args
+
+
+def test_dreambooth_command_trains_with_ddp_and_writes_a_loadable_output(dreambooth_run, model_dir, capsys):
+    run_dir, args = dreambooth_run
+    out = run_dir / "dreambooth" / "model"
+    assert {p.name for p in out.iterdir()} == {
+        "pytorch_lora_weights.safetensors",
+        "learned_embeds.safetensors",
+        "README.md",
+    }
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    pipe.load_textual_inversion(str(out / "learned_embeds.safetensors"))
+    pipe.load_lora_weights(str(out))
+    image = pipe(f"{IDENTIFIER} leaf", height=16, width=24, num_inference_steps=2, output_type="pt").images
+    assert image.shape == (1, 3, 16, 24) and torch.isfinite(image).all()
+
+    summary = json.loads((run_dir / "dreambooth" / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["class_images"] == 4
+    assert summary["validation_grids"] == ["step_000000.png", "step_000003.png", "step_000006.png"]
+    events = EventAccumulator(str(run_dir / "dreambooth" / "ray" / "tensorboard")).Reload()
+    assert {"dreambooth/loss", "dreambooth/loss/instance", "dreambooth/loss/prior"} <= set(
+        events.Tags()["scalars"]
+    )
+    assert [e.step for e in events.Images("dreambooth/validation")] == [3, 6]
+    # A rerun skips every complete stage and prints the summary again.
+    capsys.readouterr()
+    assert main(["dreambooth", *args]) == 0
+    assert "dreambooth (lora, 6 steps" in capsys.readouterr().out
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(dreambooth_run, tmp_path):
+    from ray.util.state import list_actors
+
+    from leafgen.diffusion.generation_stage import train_sources
+    from leafgen.distributed.train_dreambooth import read_history, train_dreambooth_on_ray
+    from leafgen.stages import StageContext
+
+    run_dir, args = dreambooth_run
+    cfg = load_config(
+        args[1], [*args[2:], "dreambooth.max_train_steps=40", "dreambooth.checkpointing_steps=4"]
+    )
+    run = RunDir(run_dir)
+    ctx = StageContext(run, tmp_path, {n: run.marker(n)["outputs"] for n in ("dataset", "split")})
+    instance = [p for _, p in train_sources(cfg, ctx)]
+    classes = sorted((run_dir / "class_images" / "images").glob("*.png"))
+    storage = tmp_path / "ray"
+    outcome = {}
+    thread = threading.Thread(
+        target=lambda: outcome.setdefault(
+            "result",
+            train_dreambooth_on_ray(
+                cfg, cfg.base_model.name_or_path, instance, classes, storage, tmp_path / "validation"
+            ),
+        )
+    )
+    thread.start()
+    deadline = time.time() + 300
+    while not any(row["step"] >= 8 for row in read_history(storage)):
+        assert time.time() < deadline, "training never reached its second checkpoint"
+        time.sleep(0.2)
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    thread.join(timeout=900)
+    assert outcome["result"].error is None
+    history = read_history(storage)
+    assert history[-1]["step"] == 40
+    assert history[-1]["start_step"] > 1  # the new worker group continued from a checkpoint
