@@ -61,6 +61,24 @@ def _cmd_dreambooth(args: argparse.Namespace) -> None:
     print_dreambooth_summary(Path(cfg.run_dir))
 
 
+def _cmd_probe_drift(args: argparse.Namespace) -> None:
+    from leafgen.config import load_config
+    from leafgen.diffusion.drift import DriftSettings, format_drift, probe_run
+    from leafgen.errors import LeafgenError
+    from leafgen.pipeline import run_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    run_pipeline(cfg, only=("dataset", "split", "judge"), argv=sys.argv)
+    after = args.after or Path(cfg.run_dir) / "dreambooth" / "model"
+    if not Path(after).exists():
+        raise LeafgenError(f"{after} does not exist: pass --after, or run leafgen dreambooth first")
+    before = args.before or cfg.base_model.name_or_path
+    out = args.out or Path(cfg.run_dir) / "drift"
+    settings = DriftSettings(samples=args.samples, steps=args.steps, guidance=args.guidance)
+    print(format_drift(probe_run(cfg, before, str(after), out, settings)))
+    print(f"grids and {out / 'drift.json'} written")
+
+
 def _cmd_base_model(args: argparse.Namespace) -> None:
     from leafgen.config.loader import apply_overrides, from_dict, read_yaml
     from leafgen.diffusion.base_model import loss_drop, read_history, train_base_model
@@ -179,6 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(db)
     db.add_argument("--force", action="store_true", help="fine-tune again even if complete")
     db.set_defaults(func=_cmd_dreambooth)
+
+    drift = sub.add_parser(
+        "probe-drift", help="language-drift probe: the same prompts and seeds before and after DreamBooth"
+    )
+    _add_config_args(drift)
+    drift.add_argument("--before", help="base model (default: base_model.name_or_path)")
+    drift.add_argument("--after", type=Path, help="DreamBooth output (default: <run_dir>/dreambooth/model)")
+    drift.add_argument("--out", type=Path, help="folder for grids and drift.json (default: <run_dir>/drift)")
+    drift.add_argument("--samples", type=int, default=128, help="samples per prompt and model")
+    drift.add_argument("--steps", type=int, default=20, help="sampler steps")
+    drift.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    drift.set_defaults(func=_cmd_probe_drift)
 
     base = sub.add_parser("base-model", help="train the embedded tiny text-to-image model from scratch")
     base.add_argument("--out", type=Path, required=True, help="diffusers pipeline folder to write")

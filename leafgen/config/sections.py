@@ -214,6 +214,8 @@ class DreamBoothConfig:
     """Prompts of the validation grids (instance, class and drift prompts)."""
     num_validation_images: int = 4
     """Images per validation prompt, with fixed seeds 0..n-1."""
+    drift_prompts: tuple[str, ...] = ()
+    """Prompts the language-drift probe adds to its built-in set (a photo of a leaf, leaf, cat, sea, ...)."""
     checkpointing_steps: int = 100
     """Report a checkpoint every this many steps."""
     keep_checkpoints: int = 2

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from leafgen.diffusion.evaluate import (
     classifier_probs,
     generate,
     per_class_accuracy,
+    prompt_slug,
     resize_images,
     roundtrip,
     to_unit_float,
@@ -62,10 +62,6 @@ class CheckSettings:
     """Sample i of every prompt uses seed ``seed + i``."""
     batch: int = 64
     """Images per pipeline call."""
-
-
-def _slug(prompt: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_") or "empty"
 
 
 def check_base_model(
@@ -123,7 +119,7 @@ def check_base_model(
         )
         shares = class_shares(classifier_probs(judge, images, clf_size), CLASSES)
         result["prompts"][prompt] = {"expected": expected, "judge_shares": shares}
-        save_image(make_grid(images[:32], nrow=8, padding=1), out / f"samples_{_slug(prompt)}.png")
+        save_image(make_grid(images[:32], nrow=8, padding=1), out / f"samples_{prompt_slug(prompt)}.png")
     atomic.write_json(out / RESULT_FILE, result)
     return result
 

@@ -7,6 +7,7 @@ Two questions: does the autoencoder keep what tells the classes apart (``roundtr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,26 @@ def classifier_probs(
     x = eval_transform()(resize_images(images, size))
     loader = DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=batch)
     return predict_probs(model, loader, device)
+
+
+@torch.no_grad()
+def classifier_features(
+    model: nn.Module, images: torch.Tensor, size: tuple[int, int], batch: int = 128
+) -> torch.Tensor:
+    """The classifier's penultimate features (the input of its last linear layer), (N, D)."""
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].cpu()))
+    try:
+        classifier_probs(model, images, size, batch)
+    finally:
+        handle.remove()
+    return torch.cat(captured)
+
+
+def prompt_slug(prompt: str) -> str:
+    """A file-name-safe form of a prompt."""
+    return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_") or "empty"
 
 
 @torch.no_grad()

@@ -48,7 +48,7 @@ def add_identifier(
     init_id = single_token_id(tokenizer, initializer, "dreambooth.initializer_token")
     tokenizer.add_tokens([token])
     token_id = single_token_id(tokenizer, token, "dreambooth.identifier_token")
-    text_encoder.resize_token_embeddings(len(tokenizer))
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the row is set below
     with torch.no_grad():
         table = text_encoder.get_input_embeddings().weight
         table[token_id] = table[init_id].clone()
