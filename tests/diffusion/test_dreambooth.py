@@ -209,3 +209,15 @@ def test_a_few_steps_lower_the_loss(tiny_model_dir, image_sets):
     before = fixed_loss()
     t.train(25)
     assert fixed_loss() < before
+
+
+def test_8bit_adam_without_bitsandbytes_says_how_to_get_it():
+    import importlib.util
+
+    from leafgen.diffusion.dreambooth import build_optimizer
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 1e-3}]
+    with pytest.raises(LeafgenError, match="pip install bitsandbytes"):
+        build_optimizer(groups, replace(CFG, use_8bit_adam=True))
