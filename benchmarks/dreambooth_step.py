@@ -33,23 +33,7 @@ from leafgen.diffusion.components import build_pipeline
 from leafgen.diffusion.dreambooth import prepare_models, tokenize
 from leafgen.diffusion.dreambooth_data import ImageSet
 from leafgen.diffusion.dreambooth_loop import DreamBoothTrainer
-from leafgen.diffusion.recipe import TinyArchitecture
-
-SD15 = TinyArchitecture(
-    height=512,
-    width=512,
-    vae_channels=(128, 256, 512, 512),
-    vae_layers_per_block=2,
-    latent_channels=4,
-    unet_channels=(320, 640, 1280, 1280),
-    unet_layers_per_block=2,
-    unet_cross_attention=(True, True, True, False),
-    attention_heads=8,
-    text_width=768,
-    text_layers=12,
-    text_heads=12,
-    max_length=77,
-)
+from leafgen.diffusion.recipe import SD15_SHAPES, TinyArchitecture
 
 
 def _config(args: argparse.Namespace, crop: str) -> DreamBoothConfig:
@@ -146,7 +130,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    arch = SD15 if args.sd15_shape else TinyArchitecture()
+    arch = SD15_SHAPES if args.sd15_shape else TinyArchitecture()
     args.size = (arch.height, arch.width)
     work = Path(tempfile.mkdtemp(prefix="leafgen-dbbench-"))
     model = work / "model"

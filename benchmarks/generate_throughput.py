@@ -30,24 +30,8 @@ from leafgen.config import RayConfig
 from leafgen.diffusion.adapters import EngineSettings
 from leafgen.diffusion.components import build_pipeline
 from leafgen.diffusion.prompt_table import TableSpec, prompt_table
-from leafgen.diffusion.recipe import TinyArchitecture
+from leafgen.diffusion.recipe import SD15_SHAPES, TinyArchitecture
 from leafgen.distributed.generate import generate_on_ray
-
-SD15 = TinyArchitecture(
-    height=512,
-    width=512,
-    vae_channels=(128, 256, 512, 512),
-    vae_layers_per_block=2,
-    latent_channels=4,
-    unet_channels=(320, 640, 1280, 1280),
-    unet_layers_per_block=2,
-    unet_cross_attention=(True, True, True, False),
-    attention_heads=8,
-    text_width=768,
-    text_layers=12,
-    text_heads=12,
-    max_length=77,
-)
 
 
 def random_model(arch: TinyArchitecture, folder: Path, dtype: torch.dtype) -> Path:
@@ -101,7 +85,7 @@ def main() -> None:
 
     cuda = torch.cuda.is_available()
     dtype = torch.float16 if cuda else torch.float32
-    arch = SD15 if args.sd15_shape else TinyArchitecture()
+    arch = SD15_SHAPES if args.sd15_shape else TinyArchitecture()
     steps = args.steps or (25 if args.sd15_shape else 20)
     work = Path(tempfile.mkdtemp(prefix="leafgen-bench-"))
     model = args.model or str(random_model(arch, work / "model", dtype))

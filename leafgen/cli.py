@@ -38,27 +38,30 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
     print_classifier_summary(Path(cfg.run_dir))
 
 
-def _cmd_generate(args: argparse.Namespace) -> None:
+def _run_stage_group(args: argparse.Namespace, group: str, targets: tuple[str, ...]) -> Path:
+    """Run a command's prerequisite stages when missing (skipped when complete), then its own ``targets``;
+    ``--force`` redoes only the targets. ``group`` names the stage list in ``leafgen.pipeline``."""
+    from leafgen import pipeline
     from leafgen.config import load_config
-    from leafgen.pipeline import GENERATION_STAGES, run_pipeline
-    from leafgen.report.summary import print_generation_summary
 
     cfg = load_config(args.config, args.overrides)
-    # The data and classifier stages run when missing (skipped when complete); --force redoes only these two.
-    run_pipeline(cfg, only=("dataset", "split", "classifier"), argv=sys.argv, stages=GENERATION_STAGES)
-    run_pipeline(cfg, only=("generate", "gate"), force=args.force, argv=sys.argv, stages=GENERATION_STAGES)
-    print_generation_summary(Path(cfg.run_dir))
+    stages = getattr(pipeline, group)
+    before = tuple(s.name for s in stages if s.name not in targets)
+    pipeline.run_pipeline(cfg, only=before, argv=sys.argv, stages=stages)
+    pipeline.run_pipeline(cfg, only=targets, force=args.force, argv=sys.argv, stages=stages)
+    return Path(cfg.run_dir)
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from leafgen.report.summary import print_generation_summary
+
+    print_generation_summary(_run_stage_group(args, "GENERATION_STAGES", ("generate", "gate")))
 
 
 def _cmd_dreambooth(args: argparse.Namespace) -> None:
-    from leafgen.config import load_config
-    from leafgen.pipeline import DREAMBOOTH_STAGES, run_pipeline
     from leafgen.report.summary import print_dreambooth_summary
 
-    cfg = load_config(args.config, args.overrides)
-    run_pipeline(cfg, only=("dataset", "split", "class_images"), argv=sys.argv, stages=DREAMBOOTH_STAGES)
-    run_pipeline(cfg, only=("dreambooth",), force=args.force, argv=sys.argv, stages=DREAMBOOTH_STAGES)
-    print_dreambooth_summary(Path(cfg.run_dir))
+    print_dreambooth_summary(_run_stage_group(args, "DREAMBOOTH_STAGES", ("dreambooth",)))
 
 
 def _cmd_probe_drift(args: argparse.Namespace) -> None:
@@ -183,20 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="retrain even if a complete run exists")
     train.set_defaults(func=_cmd_train_classifier)
 
-    gen = sub.add_parser(
-        "generate", help="generate synthetic images on Ray Data and gate them with the baseline classifier"
-    )
-    _add_config_args(gen)
-    gen.add_argument("--force", action="store_true", help="regenerate and regate even if complete")
-    gen.set_defaults(func=_cmd_generate)
-
-    db = sub.add_parser(
-        "dreambooth",
-        help="teach base_model the target class with DreamBooth on Ray Train (class images first)",
-    )
-    _add_config_args(db)
-    db.add_argument("--force", action="store_true", help="fine-tune again even if complete")
-    db.set_defaults(func=_cmd_dreambooth)
+    for name, func, what, again in (
+        ("generate", _cmd_generate, "generate synthetic images on Ray Data and gate them", "regenerate"),
+        (
+            "dreambooth",
+            _cmd_dreambooth,
+            "teach base_model the target class with DreamBooth",
+            "fine-tune again",
+        ),
+    ):
+        cmd = sub.add_parser(name, help=what)
+        _add_config_args(cmd)
+        cmd.add_argument("--force", action="store_true", help=f"{again} even if complete")
+        cmd.set_defaults(func=func)
 
     drift = sub.add_parser(
         "probe-drift", help="language-drift probe: the same prompts and seeds before and after DreamBooth"

@@ -15,10 +15,9 @@ from typing import Any
 
 from leafgen import atomic
 from leafgen.config import PipelineConfig
-from leafgen.diffusion.adapters import EngineSettings
-from leafgen.diffusion.generation_stage import save_grid, train_sources
+from leafgen.diffusion.generation_stage import engine_settings, save_grid, table_spec, train_sources
 from leafgen.diffusion.manifest import MANIFEST_FILE, read_manifest
-from leafgen.diffusion.prompt_table import TableSpec, prompt_table
+from leafgen.diffusion.prompt_table import prompt_table
 from leafgen.stages import Stage, StageContext
 
 MODEL_DIR = "model"
@@ -27,23 +26,20 @@ MODEL_DIR = "model"
 def _class_images(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     from leafgen.distributed.generate import generate_on_ray
 
-    db, g, b = cfg.dreambooth, cfg.generate, cfg.base_model
+    db, g = cfg.dreambooth, cfg.generate
     if db.num_class_images == 0:
         return {"manifest": None, "images": 0}
-    spec = TableSpec(
+    spec = table_spec(
+        cfg,
         num_images=db.num_class_images,
         prompts=(db.class_prompt,),
-        negative_prompt=g.negative_prompt,
         seed=db.seed,
-        steps=g.num_inference_steps,
-        guidance=g.guidance_scale,
-        height=b.resolution,
-        width=b.width or b.resolution,
+        mode="txt2img",
+        strength=1.0,
         prefix="class",
     )
-    engine = EngineSettings(b.name_or_path, b.revision, None, g.scheduler, g.dtype)
     table = generate_on_ray(
-        prompt_table(spec), engine, ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads
+        prompt_table(spec), engine_settings(cfg), ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads
     )
     save_grid([ctx.dir / f for f in table.column("file").to_pylist()], ctx.dir / "samples.png")
     return {"manifest": f"{ctx.dir.name}/{MANIFEST_FILE}", "images": table.num_rows}

@@ -10,6 +10,7 @@ scores every image with the baseline classifier, drops copies of real images and
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +40,16 @@ from leafgen.stages import Stage, StageContext
 GRID_IMAGES = 32
 
 
-def engine_settings(cfg: PipelineConfig) -> EngineSettings:
-    g = cfg.generate
-    return EngineSettings(
-        cfg.base_model.name_or_path, cfg.base_model.revision, g.adapter, g.scheduler, g.dtype
-    )
-
-
-def table_spec(cfg: PipelineConfig) -> TableSpec:
+def engine_settings(cfg: PipelineConfig, adapter: str | None = None) -> EngineSettings:
+    """What each generation actor loads: the base model (plus ``adapter``) and the sampler settings."""
     g, b = cfg.generate, cfg.base_model
-    return TableSpec(
+    return EngineSettings(b.name_or_path, b.revision, adapter, g.scheduler, g.dtype)
+
+
+def table_spec(cfg: PipelineConfig, **changes: Any) -> TableSpec:
+    """The prompt table ``generate`` asks for at the base model's resolution, with ``changes`` applied."""
+    g, b = cfg.generate, cfg.base_model
+    spec = TableSpec(
         num_images=g.num_images,
         prompts=g.prompts,
         negative_prompt=g.negative_prompt,
@@ -60,6 +61,7 @@ def table_spec(cfg: PipelineConfig) -> TableSpec:
         mode=g.mode,
         strength=g.strength,
     )
+    return replace(spec, **changes)
 
 
 def train_sources(cfg: PipelineConfig, ctx: StageContext) -> list[tuple[str, Path]]:
@@ -88,7 +90,7 @@ def _generate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     sources = train_sources(cfg, ctx) if g.mode == "img2img" else []
     rows = prompt_table(table_spec(cfg), sources)
     table = generate_on_ray(
-        rows, engine_settings(cfg), ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads
+        rows, engine_settings(cfg, g.adapter), ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads
     )
     save_grid([ctx.dir / f for f in table.column("file").to_pylist()], ctx.dir / "samples.png")
     seconds = sum(table.column("seconds").to_pylist())

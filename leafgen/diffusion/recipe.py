@@ -52,6 +52,25 @@ class TinyArchitecture:
             _positive(name, getattr(self, name))
 
 
+# Stable Diffusion v1.5's component shapes in this dataclass's terms. Benchmarks build it with random
+# weights: a step costs the same as with the real weights, which cannot be downloaded here.
+SD15_SHAPES = TinyArchitecture(
+    height=512,
+    width=512,
+    vae_channels=(128, 256, 512, 512),
+    vae_layers_per_block=2,
+    latent_channels=4,
+    unet_channels=(320, 640, 1280, 1280),
+    unet_layers_per_block=2,
+    unet_cross_attention=(True, True, True, False),
+    attention_heads=8,
+    text_width=768,
+    text_layers=12,
+    text_heads=12,
+    max_length=77,
+)
+
+
 @dataclass
 class TinyTraining:
     seed: int = 0

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 
 from leafgen.diffusion.components import build_pipeline
 from leafgen.diffusion.recipe import TinyArchitecture, TinyModelRecipe, TinyTraining
@@ -96,3 +98,26 @@ def trained_tiny_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained-t2i")
     recipe = tiny_recipe(vae_steps=200, unet_steps=400, vae_crop=0, vae_batch_size=16)
     return train_base_model(recipe, root / "model", root / "work")
+
+
+def plain_diffusers_images(model_dir: Path, adapter: Path, rows: list[dict]) -> list:
+    """What a diffusers user gets for these rows with the adapter: from_pretrained, load_textual_inversion,
+    load_lora_weights, one generator per row; uint8-scaled floats (N, H, W, 3)."""
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    pipe.load_textual_inversion(str(adapter / "learned_embeds.safetensors"))
+    pipe.load_lora_weights(str(adapter))
+    images = pipe(
+        [r["prompt"] for r in rows],
+        num_inference_steps=rows[0]["steps"],
+        guidance_scale=rows[0]["guidance"],
+        height=rows[0]["height"],
+        width=rows[0]["width"],
+        generator=[torch.Generator().manual_seed(r["seed"]) for r in rows],
+        output_type="np",
+    ).images
+    return list((images * 255).round())
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    """An image file as int16 RGB, so differences of uint8 pixels do not wrap around."""
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)

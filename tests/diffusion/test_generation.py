@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from leafgen.diffusion.adapters import EngineSettings, adapter_kind
@@ -16,7 +16,7 @@ from leafgen.diffusion.manifest import finalize, finished_ids, read_parts, sha25
 from leafgen.diffusion.prompt_table import ROW_KEYS, TableSpec, columns_from_rows, prompt_table
 from leafgen.errors import LeafgenError
 
-from .conftest import IDENTIFIER
+from .conftest import IDENTIFIER, plain_diffusers_images, read_pixels
 
 SPEC = TableSpec(
     num_images=6,
@@ -28,10 +28,6 @@ SPEC = TableSpec(
     height=16,
     width=24,
 )
-
-
-def pixels(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
 
 
 def run(generator: ImageGenerator, rows, batch: int) -> None:
@@ -58,10 +54,10 @@ def test_an_image_depends_on_its_row_not_its_batch(tiny_model_dir, tmp_path):
     run(ImageGenerator(engine, str(tmp_path / "a"), threads=1), rows, 6)
     run(ImageGenerator(engine, str(tmp_path / "b"), threads=1), rows[::-1], 1)
     for row in rows:
-        a, b = (pixels(tmp_path / d / "images" / f"{row['id']}.png") for d in "ab")
+        a, b = (read_pixels(tmp_path / d / "images" / f"{row['id']}.png") for d in "ab")
         assert np.abs(a - b).max() <= 2, row["id"]
     # ... and different rows do differ: the seed reaches the sampler.
-    first, second = (pixels(tmp_path / "a" / "images" / f"{r['id']}.png") for r in rows[:2])
+    first, second = (read_pixels(tmp_path / "a" / "images" / f"{r['id']}.png") for r in rows[:2])
     assert np.abs(first - second).mean() > 1
 
 
@@ -75,22 +71,11 @@ def test_lora_adapter_output_equals_plain_diffusers(tiny_model_dir, lora_adapter
         3,
     )
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
-    pipe.load_textual_inversion(str(lora_adapter / "learned_embeds.safetensors"))
-    pipe.load_lora_weights(str(lora_adapter))
-    plain = pipe(
-        [r["prompt"] for r in rows],
-        num_inference_steps=SPEC.steps,
-        guidance_scale=SPEC.guidance,
-        height=16,
-        width=24,
-        generator=[torch.Generator().manual_seed(r["seed"]) for r in rows],
-        output_type="np",
-    ).images
+    plain = plain_diffusers_images(tiny_model_dir, lora_adapter, rows)
     for row, expected in zip(rows, plain):
-        ours = pixels(tmp_path / "ours" / "images" / f"{row['id']}.png")
-        assert np.abs(ours - (expected * 255).round()).max() <= 2
-        base = pixels(tmp_path / "base" / "images" / f"{row['id']}.png")
+        ours = read_pixels(tmp_path / "ours" / "images" / f"{row['id']}.png")
+        assert np.abs(ours - expected).max() <= 2
+        base = read_pixels(tmp_path / "base" / "images" / f"{row['id']}.png")
         assert np.abs(ours - base).mean() > 1, "the adapter changed nothing"
 
 
@@ -123,7 +108,7 @@ def test_img2img_at_low_strength_keeps_its_input(trained_tiny_model, tiny_datase
         generator(columns_from_rows(rows, ROW_KEYS))
         by_source = {r["source_id"]: r["id"] for r in rows}
         out = torch.stack(
-            [torch.from_numpy(pixels(tmp_path / "images" / f"{by_source[i]}.png")) for i, _ in sources]
+            [torch.from_numpy(read_pixels(tmp_path / "images" / f"{by_source[i]}.png")) for i, _ in sources]
         )
         errors[strength] = (out.permute(0, 3, 1, 2).float() / 255 - x).abs().mean().item()
     assert errors[0.05] <= 2 * vae_error < errors[1.0], (errors, vae_error)

@@ -16,8 +16,6 @@ from dataclasses import replace
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
-from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from leafgen.cli import main
@@ -26,7 +24,7 @@ from leafgen.diffusion.manifest import read_parts, sha256_file
 from leafgen.diffusion.prompt_table import TableSpec, prompt_table
 from leafgen.distributed.generate import actor_plan, generate_on_ray
 
-from ..diffusion.conftest import IDENTIFIER, tiny_architecture
+from ..diffusion.conftest import IDENTIFIER, plain_diffusers_images, read_pixels, tiny_architecture
 from .conftest import TINY_RUN
 
 SPEC = TableSpec(
@@ -39,10 +37,6 @@ SPEC = TableSpec(
     height=16,
     width=24,
 )
-
-
-def pixels(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +63,7 @@ def test_images_do_not_depend_on_actor_count_or_batch_size(ray_cluster, model_di
     assert one.column("id").to_pylist() == two.column("id").to_pylist() == [r["id"] for r in rows]
     for row in one.to_pylist():
         assert sha256_file(tmp_path / "one" / row["file"]) == row["sha256"]
-        a, b = pixels(tmp_path / "one" / row["file"]), pixels(tmp_path / "two" / row["file"])
+        a, b = read_pixels(tmp_path / "one" / row["file"]), read_pixels(tmp_path / "two" / row["file"])
         assert a.shape == (16, 24, 3) and np.abs(a - b).max() <= 2, row["id"]
     # The manifest is on disk too, and a rerun finds nothing to do.
     assert pq.read_table(tmp_path / "one" / "manifest.parquet").num_rows == len(rows)
@@ -87,21 +81,10 @@ def test_lora_adapter_on_ray_equals_plain_diffusers(ray_cluster, model_dir, tmp_
         rows, EngineSettings(str(model_dir), adapter=str(adapter)), tmp_path / "out", batch_size=2
     )
     assert set(table.column("adapter").to_pylist()) == {str(adapter)}
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
-    pipe.load_textual_inversion(str(adapter / "learned_embeds.safetensors"))
-    pipe.load_lora_weights(str(adapter))
-    plain = pipe(
-        [r["prompt"] for r in rows],
-        num_inference_steps=SPEC.steps,
-        guidance_scale=SPEC.guidance,
-        height=16,
-        width=24,
-        generator=[torch.Generator().manual_seed(r["seed"]) for r in rows],
-        output_type="np",
-    ).images
+    plain = plain_diffusers_images(model_dir, adapter, rows)
     for row, expected in zip(rows, plain):
-        ours = pixels(tmp_path / "out" / "images" / f"{row['id']}.png")
-        assert np.abs(ours - (expected * 255).round()).max() <= 2, row["id"]
+        ours = read_pixels(tmp_path / "out" / "images" / f"{row['id']}.png")
+        assert np.abs(ours - expected).max() <= 2, row["id"]
 
 
 def _wait_for_parts(out_dir, n: int, timeout: float = 300) -> None:

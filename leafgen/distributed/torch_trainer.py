@@ -1,0 +1,129 @@
+"""What the classifier and DreamBooth share on Ray Train.
+
+On the driver, ``build_trainer`` fits a ``TorchTrainer`` to the cluster: a GPU per worker (NCCL) when the
+cluster has GPUs, else the node's CPUs split between the workers (gloo), with checkpoints, restarts of a
+killed worker group and quiet logs. In each worker, ``worker_session`` rebuilds the typed config and
+yields what a library training loop needs: its ``WorkerContext``, a ``report`` that calls
+``ray.train.report`` and the checkpoint to resume from, if any.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+    UserCallback,
+)
+from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
+from torch.utils.tensorboard import SummaryWriter
+
+from leafgen.config import PipelineConfig, from_dict
+from leafgen.distributed.runtime import ensure_ray, quiet_train_report_log
+from leafgen.worker import WorkerContext
+
+HISTORY_FILE = "history.jsonl"
+
+
+def read_rank_zero_history(storage: Path, key: str) -> list[dict[str, Any]]:
+    """Rank 0's reports, the latest one per value of ``key`` (epoch or step), in order: a worker killed
+    after reporting may report the same epoch or step again."""
+    path = storage / HISTORY_FILE
+    rows = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        if line.strip():
+            row = json.loads(line)
+            rows[row[key]] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+class RankZeroLog(UserCallback):
+    """On the driver: appends rank 0's report to ``history.jsonl`` and hands it to ``log`` with a
+    TensorBoard writer. (Ray's own ``Result`` keeps the metrics of retained checkpoints only.)"""
+
+    def __init__(self, storage: Path):
+        self.storage = storage
+        self.writer: SummaryWriter | None = None
+
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None
+    ) -> None:
+        if not metrics:
+            return
+        self.writer = self.writer or SummaryWriter(str(self.storage / "tensorboard"))
+        with open(self.storage / HISTORY_FILE, "a") as fh:  # one short line per report: append is safe
+            fh.write(json.dumps(metrics[0], default=float) + "\n")
+        self.log(metrics[0], self.writer)
+        self.writer.flush()
+
+    def log(self, row: dict[str, Any], writer: SummaryWriter) -> None:
+        raise NotImplementedError
+
+
+def report_to_ray(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+    ckpt = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+    ray.train.report(metrics, checkpoint=ckpt)
+
+
+@contextlib.contextmanager
+def worker_session(config: dict[str, Any]) -> Iterator[tuple[PipelineConfig, WorkerContext, Path | None]]:
+    """Inside a Ray Train worker: (config, worker context, checkpoint folder to resume from or None)."""
+    quiet_train_report_log()
+    cfg = from_dict(PipelineConfig, config["cfg"])
+    ctx = ray.train.get_context()
+    device = get_device()
+    if device.type == "cpu":
+        # Workers share the node's cores; oversubscribed intra-op threads slow every worker down.
+        torch.set_num_threads(max(1, config["cpus_per_worker"]))
+    worker = WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), device, prepare_model)
+    latest = ray.train.get_checkpoint()
+    with latest.as_directory() if latest else contextlib.nullcontext() as resume_dir:
+        yield cfg, worker, Path(resume_dir) if resume_dir else None
+
+
+def build_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    cfg: PipelineConfig,
+    loop_config: dict[str, Any],
+    num_workers: int,
+    storage: Path,
+    name: str,
+    checkpoint_config: CheckpointConfig,
+    max_failures: int,
+    callbacks: Sequence[UserCallback],
+) -> TorchTrainer:
+    """A TorchTrainer of ``num_workers`` DDP workers running ``loop`` with ``cfg`` and ``loop_config``."""
+    resources = ensure_ray(cfg.ray)
+    storage.mkdir(parents=True, exist_ok=True)
+    use_gpu = resources.get("GPU", 0) >= 1
+    cpus_per_worker = 1 if use_gpu else max(1, int(resources.get("CPU", 1)) // num_workers)
+    return TorchTrainer(
+        loop,
+        train_loop_config={"cfg": asdict(cfg), "cpus_per_worker": cpus_per_worker, **loop_config},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=None if use_gpu else {"CPU": cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage.resolve()),
+            checkpoint_config=checkpoint_config,
+            failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
