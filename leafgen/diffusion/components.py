@@ -129,6 +129,13 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def absolute_if_local(name_or_path: str) -> str:
+    """An existing local folder as an absolute path (Ray workers run in other working directories); hub
+    ids and ``embedded`` unchanged."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if name_or_path != EMBEDDED_NAME and path.exists() else name_or_path
+
+
 def load_pipeline(
     name_or_path: str,
     revision: str | None = None,

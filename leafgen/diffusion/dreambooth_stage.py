@@ -15,6 +15,7 @@ from typing import Any
 
 from leafgen import atomic
 from leafgen.config import PipelineConfig
+from leafgen.diffusion.components import absolute_if_local
 from leafgen.diffusion.generation_stage import engine_settings, save_grid, table_spec, train_sources
 from leafgen.diffusion.manifest import MANIFEST_FILE, read_manifest
 from leafgen.diffusion.prompt_table import prompt_table
@@ -55,7 +56,7 @@ def _dreambooth(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     if manifest:  # manifest rows name files relative to the manifest's folder
         folder = (ctx.run.root / manifest).parent
         classes = [folder / row["file"] for row in read_manifest(ctx.run.root / manifest)]
-    base = cfg.base_model.name_or_path
+    base = absolute_if_local(cfg.base_model.name_or_path)
     result = train_dreambooth_on_ray(cfg, base, instance, classes, ctx.dir / "ray", ctx.dir / "validation")
     if result.error is not None:
         raise result.error

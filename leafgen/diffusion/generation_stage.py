@@ -25,6 +25,7 @@ from leafgen.data.images import image_path
 from leafgen.data.split import read_split
 from leafgen.data.stages import dataset_root
 from leafgen.diffusion.adapters import EngineSettings, adapter_kind
+from leafgen.diffusion.components import absolute_if_local
 from leafgen.diffusion.gate import (
     RealImages,
     check_acceptance,
@@ -43,7 +44,8 @@ GRID_IMAGES = 32
 def engine_settings(cfg: PipelineConfig, adapter: str | None = None) -> EngineSettings:
     """What each generation actor loads: the base model (plus ``adapter``) and the sampler settings."""
     g, b = cfg.generate, cfg.base_model
-    return EngineSettings(b.name_or_path, b.revision, adapter, g.scheduler, g.dtype)
+    adapter = absolute_if_local(adapter) if adapter else None
+    return EngineSettings(absolute_if_local(b.name_or_path), b.revision, adapter, g.scheduler, g.dtype)
 
 
 def table_spec(cfg: PipelineConfig, **changes: Any) -> TableSpec:

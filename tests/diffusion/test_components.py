@@ -68,3 +68,16 @@ def test_weights_are_safetensors_with_real_tensors(tiny_model_dir):
         json.loads((tiny_model_dir / "model_index.json").read_text())["_class_name"]
         == "StableDiffusionPipeline"
     )
+
+
+def test_local_model_folders_become_absolute_for_ray_workers(tmp_path, monkeypatch):
+    from leafgen.diffusion.components import absolute_if_local
+
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert absolute_if_local("model") == str(tmp_path / "model")
+    assert (
+        absolute_if_local("stable-diffusion-v1-5/stable-diffusion-v1-5")
+        == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    )
+    assert absolute_if_local("embedded") == "embedded"
