@@ -7,6 +7,7 @@ Two checks per image, both recorded in the manifest with the decision:
 - ``copy_distance``: Hamming distance of the image's 64-bit perceptual hash (pHash) to the nearest real
   train, val or test image (``nearest_real``); at or below ``gate.near_duplicate_distance`` it is a copy,
   which a DreamBooth model can return for its instance photos, and would leak test images into training.
+  An img2img image is not compared with its own source image, which it starts from on purpose.
 """
 
 from __future__ import annotations
@@ -45,12 +46,18 @@ def perceptual_hashes(paths: Sequence[Path], desc: str, max_pixels: int = 60_000
     return bits
 
 
-def nearest(queries: np.ndarray, references: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each query hash, the index of the nearest reference hash and their Hamming distance."""
+def nearest(
+    queries: np.ndarray, references: np.ndarray, exclude: Sequence[int | None] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query hash, the index of the nearest reference hash and their Hamming distance;
+    ``exclude[i]`` names a reference query i may not match (an img2img image's own source)."""
     distances = np.empty((len(queries), len(references)), dtype=np.int16)
     for start in range(0, len(queries), 256):  # bounded memory: 256 x N x 64 bits at a time
         block = queries[start : start + 256, None, :] != references[None, :, :]
         distances[start : start + 256] = block.sum(-1)
+    for i, ref in enumerate(exclude):
+        if ref is not None:
+            distances[i, ref] = np.iinfo(np.int16).max
     index = distances.argmin(1)
     return index, distances[np.arange(len(queries)), index]
 
@@ -87,7 +94,10 @@ def gate_rows(
     paths = [images_root / row["file"] for row in rows]
     probs = classifier_probs(classifier, load_float_images(paths), classifier_size)
     scores = probs[:, CLASSES.index(target_class)]
-    index, distance = nearest(perceptual_hashes(paths, "hashing synthetic images"), real.hashes)
+    # An img2img image starts from a train image on purpose: only copies of other real images count.
+    position = {image_id: k for k, image_id in enumerate(real.ids)}
+    own_source = [position.get(row.get("source_id") or "") for row in rows]
+    index, distance = nearest(perceptual_hashes(paths, "hashing synthetic images"), real.hashes, own_source)
     gated = []
     for row, score, i, d in zip(rows, scores, index, distance):
         copy = bool(d <= cfg.near_duplicate_distance)

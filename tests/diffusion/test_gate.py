@@ -92,6 +92,20 @@ def test_a_gate_that_keeps_nothing_says_why(crafted, tmp_path):
         check_acceptance(gated, cfg, TARGET)
 
 
+def test_an_img2img_image_may_resemble_its_own_source_but_no_other_real_image(crafted, tmp_path):
+    rows, real, real_paths = crafted
+    rows = [{**r, "source_id": real_paths[3].stem if r["id"] == "copy" else ""} for r in rows]
+    rows.append({"id": "copy-of-another", "file": rows[2]["file"], "source_id": real_paths[5].stem})
+    gated = {
+        r["id"]: r
+        for r in gate_rows(
+            rows, tmp_path, colour_classifier(), (32, 48), real, TARGET, GateConfig(threshold=0.0)
+        )
+    }
+    assert gated["copy"]["accepted"] and gated["copy"]["nearest_real"] != real_paths[3].stem
+    assert gated["copy-of-another"]["reason"] == REJECT_COPY
+
+
 def test_nearest_returns_index_and_hamming_distance():
     refs = np.zeros((3, 64), dtype=bool)
     refs[1, :5] = True
@@ -101,3 +115,5 @@ def test_nearest_returns_index_and_hamming_distance():
     queries[1, 10:] = True
     index, distance = nearest(queries, refs)
     assert index.tolist() == [1, 2] and distance.tolist() == [1, 10]
+    index, distance = nearest(queries, refs, exclude=[1, None])
+    assert index.tolist() == [0, 2] and distance.tolist() == [4, 10]
