@@ -59,10 +59,12 @@ def generate_on_ray(
     if todo:
         resources = ensure_ray(ray_cfg)
         actors, per_actor = actor_plan(resources, num_actors, cpu_threads)
-        actors = min(actors, math.ceil(len(todo) / batch_size))
+        batches = math.ceil(len(todo) / batch_size)
+        actors = min(actors, batches)
         # One tqdm bar over images instead of Ray Data's per-operator bars.
         DataContext.get_current().enable_progress_bars = False
-        dataset = ray.data.from_items(todo).map_batches(
+        # One block per batch: Ray Data then hands each actor whole batches without re-bundling rows.
+        dataset = ray.data.from_items(todo, override_num_blocks=batches).map_batches(
             ImageGenerator,
             fn_constructor_kwargs={
                 "engine": asdict(engine),
