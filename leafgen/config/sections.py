@@ -272,6 +272,10 @@ class GenerateConfig:
     """Prompts per pipeline call (one Ray Data batch)."""
     seed: int = 0
     """Base seed; each image's generator seed derives from it and the image's index only."""
+    prompt_table: str | None = None
+    """Parquet file of rows to render instead of the table built from this section: columns id and prompt,
+    optionally negative_prompt, seed, steps, guidance, mode, strength and source_id (img2img: a train-split
+    image of the target class); missing values come from this section."""
     adapter: str | None = None
     """DreamBooth output to generate with: a diffusers pipeline folder (full fine-tune) or a folder with
     ``pytorch_lora_weights.safetensors`` and/or ``learned_embeds.safetensors``; None: the base model."""

@@ -9,6 +9,7 @@ scores every image with the baseline classifier, drops copies of real images and
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +35,8 @@ from leafgen.diffusion.gate import (
     perceptual_hashes,
 )
 from leafgen.diffusion.manifest import MANIFEST_FILE, read_manifest
-from leafgen.diffusion.prompt_table import TableSpec, prompt_table
+from leafgen.diffusion.prompt_table import TableSpec, prompt_table, read_prompt_table
+from leafgen.errors import LeafgenError
 from leafgen.labels import CLASSES
 from leafgen.stages import Stage, StageContext
 
@@ -81,6 +83,9 @@ def save_grid(paths: list[Path], out: Path) -> None:
 
 
 def _check_generate(cfg: PipelineConfig) -> None:
+    table = cfg.generate.prompt_table
+    if table and not Path(table).expanduser().is_file():
+        raise LeafgenError(f"generate.prompt_table {table} does not exist")
     if cfg.generate.adapter:
         adapter_kind(cfg.generate.adapter)  # a bad adapter path fails before anything is cleared
 
@@ -89,8 +94,10 @@ def _generate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     from leafgen.distributed.generate import generate_on_ray
 
     g = cfg.generate
-    sources = train_sources(cfg, ctx) if g.mode == "img2img" else []
-    rows = prompt_table(table_spec(cfg), sources)
+    if g.prompt_table:
+        rows = read_prompt_table(Path(g.prompt_table).expanduser(), table_spec(cfg), train_sources(cfg, ctx))
+    else:
+        rows = prompt_table(table_spec(cfg), train_sources(cfg, ctx) if g.mode == "img2img" else [])
     table = generate_on_ray(
         rows, engine_settings(cfg, g.adapter), ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads
     )
@@ -155,16 +162,27 @@ _IMAGE_KEYS = tuple(
         "guidance_scale",
         "scheduler",
         "seed",
+        "prompt_table",
         "adapter",
         "dtype",
     )
 )
+
+
+def _prompt_file_checksum(cfg: PipelineConfig) -> str | None:
+    # The table lives outside the run directory: key the stage on its bytes so an edit is noticed.
+    path = Path(cfg.generate.prompt_table or "").expanduser()
+    if not cfg.generate.prompt_table or not path.is_file():
+        return None  # absent: the stage's check reports a missing file before anything runs
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
 
 GENERATE = Stage(
     name="generate",
     fn=_generate,
     config_keys=("base_model", *_IMAGE_KEYS, "data.target_class"),
     inputs=("dataset", "split"),
+    fingerprint_inputs=_prompt_file_checksum,
     check=_check_generate,
 )
 GATE = Stage(

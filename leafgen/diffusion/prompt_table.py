@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from leafgen.errors import LeafgenError
+from leafgen.data.images import unsafe_id_reason
+from leafgen.errors import DataValidationError, LeafgenError
 
 Row = dict[str, Any]
 
@@ -86,6 +89,64 @@ def prompt_table(spec: TableSpec, sources: Sequence[tuple[str, Path]] = ()) -> l
                 "width": spec.width,
             }
         )
+    return rows
+
+
+def read_prompt_table(path: Path, spec: TableSpec, sources: Sequence[tuple[str, Path]] = ()) -> list[Row]:
+    """A user's prompt table (Parquet) as rows: ``id`` and ``prompt`` are required; ``negative_prompt``,
+    ``seed``, ``steps``, ``guidance``, ``mode``, ``strength`` and ``source_id`` (for img2img, a train-split
+    image of the target class) default to ``spec``. Every problem is reported with its row number."""
+    try:
+        table = pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise LeafgenError(f"{path}: cannot read the prompt table as Parquet ({exc})") from None
+    source_paths = dict(sources)
+    problems, rows, seen = [], [], set()
+    for i, given in enumerate(table):
+        where = f"row {i}"
+        unknown = set(given) - set(ROW_KEYS) - {"source_path", "height", "width"}
+        if unknown:
+            problems.append(f"{where}: unknown column(s) {sorted(unknown)}; allowed: {', '.join(ROW_KEYS)}")
+        image_id, prompt = str(given.get("id") or ""), given.get("prompt")
+        if unsafe_id_reason(image_id):
+            problems.append(f"{where}: {unsafe_id_reason(image_id)}")
+        elif image_id in seen:
+            problems.append(f"{where}: id {image_id!r} repeats an earlier row")
+        seen.add(image_id)
+        if not isinstance(prompt, str) or not prompt.strip():
+            problems.append(f"{where}: prompt must be a non-empty string")
+        row = {
+            "id": image_id,
+            "prompt": prompt,
+            "negative_prompt": given.get("negative_prompt") or spec.negative_prompt,
+            "seed": int(given["seed"]) if given.get("seed") is not None else row_seed(spec.seed, i),
+            "steps": int(given.get("steps") or spec.steps),
+            "guidance": float(given["guidance"] if given.get("guidance") is not None else spec.guidance),
+            "mode": given.get("mode") or spec.mode,
+            "strength": float(given.get("strength") or spec.strength),
+            "source_id": given.get("source_id") or "",
+            "source_path": "",
+            "height": spec.height,
+            "width": spec.width,
+        }
+        if row["mode"] not in ("txt2img", "img2img"):
+            problems.append(f"{where}: mode must be txt2img or img2img, got {row['mode']!r}")
+        elif row["mode"] == "img2img":
+            if row["source_id"] not in source_paths:
+                problems.append(
+                    f"{where}: img2img needs a source_id among the train split's target-class images, got "
+                    f"{row['source_id']!r}"
+                )
+            row["source_path"] = str(source_paths.get(row["source_id"], ""))
+        else:
+            row["strength"] = 1.0
+        if row["steps"] <= 0 or row["guidance"] < 0 or not 0 < row["strength"] <= 1:
+            problems.append(f"{where}: steps must be > 0, guidance >= 0 and strength in (0, 1]")
+        rows.append(row)
+    if not table:
+        problems.append("the table has no rows")
+    if problems:
+        raise DataValidationError(str(path), problems, "fix these rows of generate.prompt_table")
     return rows
 
 

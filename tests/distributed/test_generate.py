@@ -182,3 +182,21 @@ def test_killed_driver_then_same_command_generates_only_the_missing_ids(generati
         assert read_parts(out)[image_id]["finished_at"] == before[image_id]["finished_at"]
     assert len(list((out / "images").glob("*.png"))) == 24
     assert "generated 24 images" in done.stdout
+
+
+def test_generate_renders_a_user_prompt_table(generation_run, tmp_path):
+    import pyarrow as pa
+
+    src, args = generation_run
+    run_dir = tmp_path / "run"
+    for stage in ("dataset", "split", "classifier", "config.yaml"):
+        (shutil.copytree if (src / stage).is_dir() else shutil.copy2)(src / stage, run_dir / stage)
+    table = tmp_path / "prompts.parquet"
+    rows = [{"id": f"mine-{k}", "prompt": p, "seed": k} for k, p in enumerate(["a leaf", "leaf with rust"])]
+    pq.write_table(pa.Table.from_pylist(rows), table)
+    args = [a for a in args if not a.startswith("run_dir=")]
+    assert main(["generate", *args, f"run_dir={run_dir}", f"generate.prompt_table={table}"]) == 0
+    manifest = pq.read_table(run_dir / "generate" / "manifest.parquet").to_pylist()
+    assert [(r["id"], r["prompt"], r["seed"]) for r in manifest] == [
+        (r["id"], r["prompt"], r["seed"]) for r in rows
+    ]
