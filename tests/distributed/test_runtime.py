@@ -24,7 +24,7 @@ def test_local_ray_runs_on_loopback_with_a_short_temp_dir(tmp_path_factory):
     short = f"/tmp/lgt-{temp.name}"
     env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
     env["T"] = short
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["cpu"] == 1.0 and info["again"] == 1.0
