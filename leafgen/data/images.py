@@ -13,7 +13,10 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from leafgen.errors import LeafgenError
+
 IMAGE_SUFFIX = ".jpg"
+DEFAULT_MAX_PIXELS = 60_000_000
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}")
 
 
@@ -73,6 +76,17 @@ def load_rgb(path: Path, max_pixels: int, draft: tuple[int, int] | None = None) 
     except (OSError, SyntaxError, Image.UnidentifiedImageError) as exc:
         # PIL reports truncated and corrupt files as OSError/SyntaxError.
         raise ValueError(f"unreadable or truncated image: {exc}") from None
+
+
+def open_rgb(
+    path: Path, what: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
+) -> Image.Image:
+    """``load_rgb`` for one file outside dataset validation: a bad file is a ``LeafgenError`` naming it and
+    ``what`` it was needed for, instead of a ``ValueError`` for a problem list."""
+    try:
+        return load_rgb(Path(path), max_pixels, draft)
+    except ValueError as exc:
+        raise LeafgenError(f"{path}: cannot read {what}: {exc}") from None
 
 
 def image_problem(path: Path, max_pixels: int) -> str | None:

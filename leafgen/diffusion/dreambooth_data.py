@@ -13,17 +13,10 @@ from pathlib import Path
 
 import torch
 import torchvision.transforms.v2 as T
-from PIL import Image, ImageOps
+from PIL import Image
 
+from leafgen.data.images import open_rgb
 from leafgen.errors import LeafgenError
-
-
-def load_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except (OSError, SyntaxError) as exc:
-        raise LeafgenError(f"{path}: cannot read DreamBooth training image ({exc})") from None
 
 
 def cover(img: Image.Image, height: int, width: int) -> Image.Image:
@@ -57,7 +50,7 @@ class ImageSet:
         self.transform = image_transform(height, width, crop)
         self.random = crop == "random"
         # Decoded once: DreamBooth sets are small (tens to hundreds of images).
-        self.images = [load_image(p) for p in self.paths]
+        self.images = [open_rgb(p, "a DreamBooth training image") for p in self.paths]
 
     def __len__(self) -> int:
         return len(self.images)

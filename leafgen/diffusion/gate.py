@@ -20,12 +20,11 @@ from typing import Any
 import imagehash
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from leafgen.config import GateConfig
-from leafgen.data.images import load_rgb
-from leafgen.diffusion.evaluate import classifier_probs
+from leafgen.data.images import DEFAULT_MAX_PIXELS, open_rgb
+from leafgen.diffusion.evaluate import classifier_probs, to_unit_float
 from leafgen.errors import LeafgenError
 from leafgen.labels import CLASSES
 
@@ -33,15 +32,12 @@ REJECT_SCORE = "score below threshold"
 REJECT_COPY = "near-duplicate of a real image"
 
 
-def perceptual_hashes(paths: Sequence[Path], desc: str, max_pixels: int = 60_000_000) -> np.ndarray:
+def perceptual_hashes(paths: Sequence[Path], desc: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """(N, 64) bool pHash bits of each image. pHash works on a 32x32 thumbnail, so JPEGs are decoded at a
     reduced scale (Kaggle's 2048px photos in a fraction of the time)."""
     bits = np.zeros((len(paths), 64), dtype=bool)
     for i, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False)):
-        try:
-            img = load_rgb(path, max_pixels, draft=(128, 128))
-        except ValueError as exc:
-            raise LeafgenError(f"{path}: {exc}") from None
+        img = open_rgb(path, "an image to hash", max_pixels, draft=(128, 128))
         bits[i] = imagehash.phash(img).hash.reshape(-1)
     return bits
 
@@ -64,11 +60,7 @@ def nearest(
 
 def load_float_images(paths: Sequence[Path]) -> torch.Tensor:
     """Images as floats in [0, 1], (N, 3, H, W); all must share one size (one generation run does)."""
-    arrays = []
-    for path in paths:
-        with Image.open(path) as img:
-            arrays.append(np.asarray(img.convert("RGB")))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+    return to_unit_float(np.stack([np.asarray(open_rgb(p, "a synthetic image")) for p in paths]))
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ from PIL import Image, ImageOps
 from transformers.utils import logging as transformers_logging
 
 from leafgen import atomic
+from leafgen.data.images import open_rgb
 from leafgen.diffusion.adapters import EngineSettings, load_generation_pipeline
 from leafgen.diffusion.manifest import MANIFEST_KEYS, image_file, write_part
 from leafgen.diffusion.prompt_table import Row, columns_from_rows, rows_from_columns
-from leafgen.errors import LeafgenError
 
 # Rows that may share one pipeline call.
 _GROUP_KEYS = ("mode", "steps", "guidance", "strength", "height", "width")
@@ -36,11 +36,7 @@ _GROUP_KEYS = ("mode", "steps", "guidance", "strength", "height", "width")
 
 def load_source(path: str, height: int, width: int) -> Image.Image:
     """An img2img source image, upright RGB, resized to cover ``height x width`` and centre-cropped."""
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
-    except (OSError, SyntaxError) as exc:
-        raise LeafgenError(f"{path}: cannot read img2img source image ({exc})") from None
+    img = open_rgb(Path(path), "an img2img source image")
     return ImageOps.fit(img, (width, height), Image.Resampling.LANCZOS)
 
 
