@@ -79,31 +79,37 @@ def read_parts(out_dir: Path) -> dict[str, Row]:
     return rows
 
 
-def finished_ids(out_dir: Path, rows: Iterable[Row]) -> set[str]:
-    """Ids of ``rows`` already generated with the same settings: recorded, on disk, hash intact."""
+def finished_rows(out_dir: Path, rows: Iterable[Row]) -> dict[str, Row]:
+    """The recorded manifest rows of ``rows`` already generated with the same settings: recorded, on
+    disk, hash intact; by id."""
     recorded = read_parts(out_dir)
-    done = set()
+    done = {}
     for row in rows:
         old = recorded.get(row["id"])
         if old is None or any(old[k] != row[k] for k in ROW_KEYS):
             continue
         path = image_file(out_dir, row["id"])
         if path.is_file() and sha256_file(path) == old["sha256"]:
-            done.add(row["id"])
+            done[row["id"]] = old
     return done
+
+
+def finished_ids(out_dir: Path, rows: Iterable[Row]) -> set[str]:
+    """Ids of ``rows`` already generated with the same settings (see :func:`finished_rows`)."""
+    return set(finished_rows(out_dir, rows))
 
 
 def finalize(out_dir: Path, rows: Sequence[Row]) -> pa.Table:
     """The manifest of exactly ``rows`` (request order), checked against the files, saved as
     ``manifest.parquet``. Raises if any image is missing, since then generation did not finish."""
-    recorded, done = read_parts(out_dir), finished_ids(out_dir, rows)
+    done = finished_rows(out_dir, rows)
     missing = [row["id"] for row in rows if row["id"] not in done]
     if missing:
         raise LeafgenError(
             f"{out_dir}: {len(missing)} requested image(s) are missing or do not match their manifest row "
             f"(first: {missing[0]}); rerun the same command to generate only those"
         )
-    table = pa.Table.from_pylist([{k: recorded[row["id"]][k] for k in MANIFEST_KEYS} for row in rows])
+    table = pa.Table.from_pylist([{k: done[row["id"]][k] for k in MANIFEST_KEYS} for row in rows])
     with atomic.atomic_path(out_dir / MANIFEST_FILE) as tmp:
         pq.write_table(table, tmp)
     return table
