@@ -36,10 +36,6 @@ STATE_FILE = "trainer_state.pt"
 EMBEDDING_KEY = "identifier_embedding"
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return getattr(module, "module", module)
-
-
 class DreamBoothTrainer:
     """Holds models, optimiser and data of one rank; ``train`` runs optimiser steps up to a given one."""
 
