@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint clean browser
 
 # The venv is rebuilt only when pyproject.toml changes, so repeated runs start at once.
 $(STAMP): pyproject.toml
@@ -18,7 +18,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/leafgen run --config configs/demo.yaml
 
-test: $(STAMP)
+# The report test drives headless Chromium: Debian's packages, installed when missing and we are root.
+browser:
+	@command -v chromedriver >/dev/null && command -v chromium >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+	  echo "note: no Chromium (apt-get install chromium chromium-driver); the report browser test skips"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest --durations=25
 
 lint: $(STAMP)

@@ -20,12 +20,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     from leafgen.config import load_config
     from leafgen.pipeline import run_pipeline
-    from leafgen.report.summary import print_classifier_summary, print_data_summary
+    from leafgen.report.summary import (
+        print_classifier_summary,
+        print_comparison_summary,
+        print_data_summary,
+    )
 
     cfg = load_config(args.config, args.overrides)
     run_pipeline(cfg, only=args.only or (), start=args.start, force=args.force, argv=sys.argv)
     print_data_summary(Path(cfg.run_dir))
     print_classifier_summary(Path(cfg.run_dir))
+    print_comparison_summary(Path(cfg.run_dir))
 
 
 def _cmd_train_classifier(args: argparse.Namespace) -> None:

@@ -8,13 +8,33 @@ from leafgen.classifier.stage import CLASSIFIER, JUDGE
 from leafgen.config import PipelineConfig
 from leafgen.data.stages import DATASET, SPLIT
 from leafgen.diffusion.dreambooth_stage import CLASS_IMAGES, DREAMBOOTH
-from leafgen.diffusion.generation_stage import GATE, GENERATE
+from leafgen.diffusion.drift import DRIFT
+from leafgen.diffusion.generation_stage import GATE, GENERATE, GENERATE_FINETUNED
 from leafgen.errors import StageError
+from leafgen.evaluation.arms import ARMS_STAGE, RETRAIN
+from leafgen.evaluation.mix_stage import MIX
+from leafgen.evaluation.stage import EVALUATE
+from leafgen.report.stage import REPORT
 from leafgen.stages import RunDir, Stage, StageResult, run_stage
 
-# The main job. Later stages (DreamBooth, mix, retrain, report) append here; generation and its gate join
-# it with DreamBooth, since the base model alone does not know the target class.
-STAGES: tuple[Stage, ...] = (DATASET, SPLIT, CLASSIFIER, JUDGE)
+# The main job (`leafgen run`): data, baseline classifier and judge, DreamBooth and its drift probe,
+# synthetic images from the fine-tuned model, the gate, mixing, the arms over seeds, comparison, report.
+STAGES: tuple[Stage, ...] = (
+    DATASET,
+    SPLIT,
+    CLASSIFIER,
+    JUDGE,
+    CLASS_IMAGES,
+    DREAMBOOTH,
+    DRIFT,
+    GENERATE_FINETUNED,
+    GATE,
+    MIX,
+    ARMS_STAGE,
+    RETRAIN,
+    EVALUATE,
+    REPORT,
+)
 # ``leafgen generate``: synthetic images from base_model (plus generate.adapter), gated.
 GENERATION_STAGES: tuple[Stage, ...] = (DATASET, SPLIT, CLASSIFIER, GENERATE, GATE)
 # ``leafgen dreambooth``: class images from base_model, then the fine-tune on the target class.
@@ -51,6 +71,8 @@ def run_pipeline(
     for stage in select_stages(only, start, stages):
         result = run_stage(stage, cfg, run, force=force)
         how = "skipped (up to date)" if result.skipped else f"done in {result.seconds:.1f}s"
+        if stage.summary is not None:
+            how += f": {stage.summary(result.outputs)}"
         log(f"[{stage.name}] {how}")
         results.append(result)
     return results

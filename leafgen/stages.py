@@ -41,6 +41,8 @@ class Stage:
     """Bump when the stage's code changes what it writes, so old outputs are redone."""
     check: Callable[[PipelineConfig], None] | None = None
     """Refuses a config the stage cannot run (raises ConfigError) before any old output is cleared."""
+    summary: Callable[[dict[str, Any]], str] | None = None
+    """One line about the stage's outputs for the pipeline's log."""
 
 
 @dataclass

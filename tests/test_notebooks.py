@@ -1,6 +1,11 @@
-"""The analysis notebook runs top to bottom against a real (tiny) run directory."""
+"""The analysis notebook runs top to bottom against a real run directory: here one with only the data
+stages (later sections skip themselves); tests/distributed/test_pipeline.py runs it on a whole run."""
 
+from __future__ import annotations
+
+import os
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbclient import NotebookClient
@@ -8,34 +13,37 @@ from nbclient import NotebookClient
 from leafgen.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
 
 
-def test_run_overview_notebook_executes(tmp_path, monkeypatch, capsys):
-    run_dir = tmp_path / "run"
-    assert (
-        main(
-            [
-                "run",
-                "--only",
-                "dataset",
-                "--only",
-                "split",
-                "--config",
-                "configs/tiny.yaml",
-                f"run_dir={run_dir}",
-                "data.procedural.scale=0.03",
-            ]
-        )
-        == 0
-    )
-    capsys.readouterr()
-    monkeypatch.setenv("LEAFGEN_RUN_DIR", str(run_dir))
-    nb = nbformat.read(REPO / "notebooks" / "run_overview.ipynb", as_version=4)
-    NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
-    ).execute()
+def run_notebook(run_dir: Path) -> tuple[list[Any], str]:
+    """Execute the notebook on ``run_dir``; returns its outputs and their printed text. Fails on an error."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    env = {**os.environ, "LEAFGEN_RUN_DIR": str(run_dir)}
+    old = dict(os.environ)
+    os.environ.update(env)  # the kernel inherits the environment of the process that starts it
+    try:
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+        ).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    return outputs, "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+
+
+def images_in(outputs: list[Any]) -> int:
+    return sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_analysis_notebook_executes_on_a_run_with_only_the_data_stages(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["--config", "configs/tiny.yaml", f"run_dir={run_dir}", "data.procedural.scale=0.03"]
+    assert main(["run", "--only", "dataset", "--only", "split", *args]) == 0
+    capsys.readouterr()
+    outputs, text = run_notebook(run_dir)
     assert "split" in text and "dataset" in text
-    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert "the evaluate stage has not run yet" in text
+    assert images_in(outputs) == 2  # the class-count bars and the contact sheet

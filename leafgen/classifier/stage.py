@@ -55,29 +55,35 @@ def cache_split_arrays(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Path
     return arrays
 
 
+def predict_split(model_dir: Path, images: np.ndarray, flip_tta: bool) -> np.ndarray:
+    """(N, C) class probabilities of a trained classifier on cached images."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _ = load_classifier(model_dir, device)
+    labels = np.zeros(len(images), dtype=np.int64)
+    loader = DataLoader(ArrayDataset(images, labels, eval_transform()), batch_size=64)
+    return predict_probs(model, loader, device, flip_tta)
+
+
 def evaluate(
     model_dir: Path, images: np.ndarray, labels: np.ndarray, target_class: str, flip_tta: bool
 ) -> dict[str, Any]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _ = load_classifier(model_dir, device)
-    loader = DataLoader(ArrayDataset(images, labels, eval_transform()), batch_size=64)
-    return classification_metrics(labels, predict_probs(model, loader, device, flip_tta), target_class)
+    return classification_metrics(labels, predict_split(model_dir, images, flip_tta), target_class)
 
 
-def _run(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+def train_and_export(cfg: PipelineConfig, arrays: dict[str, Path], out: Path) -> dict[str, Any]:
+    """Train on Ray into ``out/ray`` (resuming an interrupted run there), export the best checkpoint to
+    ``out/model`` and measure it on the held-out test split; writes ``metrics.json`` and returns it."""
     from leafgen.distributed.train_classifier import read_history, train_on_ray
 
-    arrays = cache_split_arrays(cfg, ctx)
-    result = train_on_ray(cfg, arrays, ctx.dir / "ray")
+    result = train_on_ray(cfg, arrays, out / "ray")
     best = result.get_best_checkpoint(cfg.classifier.checkpoint_metric, "max")
-    model_dir = ctx.dir / "model"
+    model_dir = out / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
     with best.as_directory() as src:
         model_dir.mkdir(parents=True)
         for name in (MODEL_FILE, META_FILE):
             shutil.copy2(Path(src) / name, model_dir / name)
     _, meta = load_classifier(model_dir)
-
     test = evaluate(
         model_dir,
         np.load(arrays["test_images"], mmap_mode="r"),
@@ -85,16 +91,22 @@ def _run(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
         cfg.data.target_class,
         cfg.classifier.flip_tta,
     )
-    history = read_history(ctx.dir / "ray")
+    history = read_history(out / "ray")
     metrics = {"best_epoch": meta["epoch"] + 1, "best_val": meta["metrics"], "test": test, "history": history}
-    atomic.write_json(ctx.dir / "metrics.json", metrics)
-    save_confusion_matrix(test["confusion_matrix"], ctx.dir / "confusion_test.png", "held-out test split")
-    with SummaryWriter(str(ctx.dir / "ray" / "tensorboard")) as writer:
+    atomic.write_json(out / "metrics.json", metrics)
+    with SummaryWriter(str(out / "ray" / "tensorboard")) as writer:
         for key, value in test.items():
             if key != "confusion_matrix":
                 writer.add_scalar(f"test/{key}", value, meta["epoch"] + 1)
+    return metrics
+
+
+def _run(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    metrics = train_and_export(cfg, cache_split_arrays(cfg, ctx), ctx.dir)
+    test = metrics["test"]
+    save_confusion_matrix(test["confusion_matrix"], ctx.dir / "confusion_test.png", "held-out test split")
     summary = {k: v for k, v in test.items() if k != "confusion_matrix"}
-    return {"model_dir": f"{ctx.dir.name}/model", "best_epoch": meta["epoch"] + 1, "test": summary}
+    return {"model_dir": f"{ctx.dir.name}/model", "best_epoch": metrics["best_epoch"], "test": summary}
 
 
 def _check_judge(cfg: PipelineConfig) -> None:
@@ -109,8 +121,14 @@ def _run_judge(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     return _run(replace(cfg, classifier=replace(cfg.classifier, seed=cfg.eval.judge_seed)), ctx)
 
 
+def _summary(outputs: dict[str, Any]) -> str:
+    test = outputs["test"]
+    return f"test accuracy {test['accuracy']:.3f}, target recall {test['target_recall']:.3f}"
+
+
 CLASSIFIER = Stage(
     name="classifier",
+    summary=_summary,
     fn=_run,
     config_keys=("classifier", "data.target_class"),
     inputs=("dataset", "split"),
@@ -120,6 +138,7 @@ CLASSIFIER = Stage(
 # show; the baseline classifier gates them, so no claim is checked by the model that selected the images.
 JUDGE = Stage(
     name="judge",
+    summary=_summary,
     fn=_run_judge,
     config_keys=("classifier", "eval.judge_seed", "data.target_class"),
     inputs=("dataset", "split"),

@@ -327,8 +327,12 @@ class MixConfig:
 class EvalConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     """Classifier seeds each arm is trained with."""
+    balance: Literal["sampling", "loss"] = "sampling"
+    """How the ``balanced`` arm balances the classes: class-balanced sampling or a class-weighted loss."""
     bootstrap_samples: int = 1000
     """Bootstrap resamples of the test images for confidence intervals."""
+    drift_samples: int = 128
+    """Samples per prompt and model of the pipeline's language-drift probe (sampler settings: generate's)."""
     judge_seed: int = 1000
     """Seed of the independent judge classifier that measures what generated images show; it must differ
     from classifier.seed, the gating classifier's."""
@@ -337,6 +341,7 @@ class EvalConfig:
         if not self.seeds:
             raise FieldError("seeds", "needs at least one seed")
         _positive("bootstrap_samples", self.bootstrap_samples)
+        _positive("drift_samples", self.drift_samples)
 
 
 @dataclass

@@ -79,8 +79,15 @@ def _split(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
 
 DATASET = Stage(
     name="dataset",
+    summary=lambda o: f"{o['train_images']} labelled and {o['test_images']} unlabelled test images",
     fn=_dataset,
     config_keys=("data.root", "data.procedural", "data.on_bad_image", "data.max_image_pixels"),
     fingerprint_inputs=_input_fingerprint,
 )
-SPLIT = Stage(name="split", fn=_split, config_keys=("data.split", "data.split_seed"), inputs=("dataset",))
+SPLIT = Stage(
+    name="split",
+    fn=_split,
+    config_keys=("data.split", "data.split_seed"),
+    inputs=("dataset",),
+    summary=lambda o: ", ".join(f"{k} {sum(v.values())}" for k, v in o["counts"].items()),
+)

@@ -31,6 +31,7 @@ from leafgen.data.procedural import ProceduralSpec, make_dataset
 from leafgen.diffusion.components import build_pipeline, training_scheduler
 from leafgen.diffusion.evaluate import to_unit_float
 from leafgen.diffusion.recipe import TinyModelRecipe
+from leafgen.errors import ConfigError
 from leafgen.labels import CLASSES
 from leafgen.precision import autocast_bf16
 
@@ -278,6 +279,8 @@ def train_base_model(recipe: TinyModelRecipe, out: str | Path, work: str | Path 
         pipe.unet = type(pipe.unet).from_pretrained(denoiser_dir / "unet")
         pipe.text_encoder = type(pipe.text_encoder).from_pretrained(denoiser_dir / "text_encoder")
     else:
+        if recipe.training.unet_init:
+            _warm_start(pipe, Path(recipe.training.unet_init))
         train_denoiser(pipe, latents, labels, recipe, device, log)
         key = {PHASE_FILE: phase_key(recipe, "denoiser")}
         _save_atomically(pipe.text_encoder, denoiser_dir / "text_encoder")
@@ -288,6 +291,27 @@ def train_base_model(recipe: TinyModelRecipe, out: str | Path, work: str | Path 
     card = {RECIPE_FILE: dump_yaml(recipe), "README.md": model_card(recipe)}
     _save_atomically(pipe, out, extra=card, finish=store_half_precision)
     return out
+
+
+def _warm_start(pipe: Any, folder: Path) -> None:
+    """Load an earlier run's UNet and text encoder, refusing shapes that differ from this recipe's."""
+    for name in ("unet", "text_encoder"):
+        if not (folder / name / "config.json").is_file():
+            raise ConfigError(
+                f"training.unet_init: {folder / name} is not a saved {name}; give a base model folder "
+                "or a work folder's denoiser/"
+            )
+        loaded = type(getattr(pipe, name)).from_pretrained(folder / name).float()
+        if _shapes(loaded) != _shapes(getattr(pipe, name)):
+            raise ConfigError(
+                f"training.unet_init: {folder / name} has another architecture than this recipe's; "
+                "start from a model trained with the same architecture section"
+            )
+        setattr(pipe, name, loaded)
+
+
+def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
 # Recipe fields that only phases after the autoencoder read: changing them must not retrain it.

@@ -81,6 +81,7 @@ def _dreambooth(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
 
 CLASS_IMAGES = Stage(
     name="class_images",
+    summary=lambda o: f"{o['images']} class images",
     fn=_class_images,
     config_keys=(
         "base_model",
@@ -96,6 +97,7 @@ CLASS_IMAGES = Stage(
 )
 DREAMBOOTH = Stage(
     name="dreambooth",
+    summary=lambda o: f"{o['kind']}, {o['steps']} steps, final loss {o['final_loss']['loss']:.4f}",
     fn=_dreambooth,
     config_keys=("base_model", "dreambooth", "data.target_class"),
     inputs=("dataset", "split", "class_images"),

@@ -27,7 +27,7 @@ from leafgen.diffusion.adapters import EngineSettings, load_generation_pipeline
 from leafgen.diffusion.evaluate import classifier_features, classifier_probs, generate, prompt_slug
 from leafgen.errors import StageError
 from leafgen.labels import CLASSES
-from leafgen.stages import RunDir
+from leafgen.stages import RunDir, Stage, StageContext
 
 # The prompts of the DreamBooth paper's drift check, plus the class words of this task.
 DRIFT_PROMPTS = (
@@ -145,3 +145,42 @@ def format_drift(result: dict[str, Any]) -> str:
             f"{row['feature_distance']:>17.4f}"
         )
     return "\n".join(lines)
+
+
+def _drift(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    from leafgen.diffusion.components import absolute_if_local
+
+    g = cfg.generate
+    settings = DriftSettings(
+        samples=cfg.eval.drift_samples, steps=g.num_inference_steps, guidance=g.guidance_scale
+    )
+    after = ctx.run.root / ctx.inputs["dreambooth"]["model_dir"]
+    result = probe_run(cfg, absolute_if_local(cfg.base_model.name_or_path), str(after), ctx.dir, settings)
+    instance = result["prompts"][0]
+    return {
+        "result": f"{ctx.dir.name}/{RESULT_FILE}",
+        "instance_prompt": instance["prompt"],
+        "target_share_before": instance["target_share_before"],
+        "target_share_after": instance["target_share_after"],
+    }
+
+
+# The pipeline's probe: the base model against this run's DreamBooth output, judged by the run's judge.
+DRIFT = Stage(
+    name="drift",
+    summary=lambda o: (
+        f"{o['instance_prompt']!r} judged target {o['target_share_before']:.1%} before, "
+        f"{o['target_share_after']:.1%} after"
+    ),
+    fn=_drift,
+    config_keys=(
+        "base_model",
+        "eval.drift_samples",
+        "generate.num_inference_steps",
+        "generate.guidance_scale",
+        "dreambooth.instance_prompt",
+        "dreambooth.drift_prompts",
+        "data.target_class",
+    ),
+    inputs=("judge", "dreambooth"),
+)

@@ -36,7 +36,7 @@ from leafgen.diffusion.gate import (
 )
 from leafgen.diffusion.manifest import MANIFEST_FILE, read_manifest
 from leafgen.diffusion.prompt_table import TableSpec, prompt_table, read_prompt_table
-from leafgen.errors import LeafgenError
+from leafgen.errors import ConfigError, LeafgenError
 from leafgen.labels import CLASSES
 from leafgen.stages import Stage, StageContext
 
@@ -90,16 +90,28 @@ def _check_generate(cfg: PipelineConfig) -> None:
         adapter_kind(cfg.generate.adapter)  # a bad adapter path fails before anything is cleared
 
 
+def _check_finetuned(cfg: PipelineConfig) -> None:
+    if cfg.generate.adapter:
+        raise ConfigError(
+            "generate.adapter is for `leafgen generate`; the pipeline generates from its own DreamBooth "
+            "output (run_dir/dreambooth/model): drop the override"
+        )
+    _check_generate(cfg)
+
+
 def _generate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     from leafgen.distributed.generate import generate_on_ray
 
     g = cfg.generate
+    adapter = g.adapter
+    if "dreambooth" in ctx.inputs:
+        adapter = str(ctx.run.root / ctx.inputs["dreambooth"]["model_dir"])
     if g.prompt_table:
         rows = read_prompt_table(Path(g.prompt_table).expanduser(), table_spec(cfg), train_sources(cfg, ctx))
     else:
         rows = prompt_table(table_spec(cfg), train_sources(cfg, ctx) if g.mode == "img2img" else [])
     table = generate_on_ray(
-        rows, engine_settings(cfg, g.adapter), ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads
+        rows, engine_settings(cfg, adapter), ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads
     )
     save_grid([ctx.dir / f for f in table.column("file").to_pylist()], ctx.dir / "samples.png")
     seconds = sum(table.column("seconds").to_pylist())
@@ -179,14 +191,23 @@ def _prompt_file_checksum(cfg: PipelineConfig) -> str | None:
 
 GENERATE = Stage(
     name="generate",
+    summary=lambda o: f"{o['images']} images",
     fn=_generate,
     config_keys=("base_model", *_IMAGE_KEYS, "data.target_class"),
     inputs=("dataset", "split"),
     fingerprint_inputs=_prompt_file_checksum,
     check=_check_generate,
 )
+# The pipeline's variant: the same images, drawn from the DreamBooth output of the same run.
+GENERATE_FINETUNED = replace(
+    GENERATE,
+    config_keys=tuple(k for k in GENERATE.config_keys if k != "generate.adapter"),
+    inputs=(*GENERATE.inputs, "dreambooth"),
+    check=_check_finetuned,
+)
 GATE = Stage(
     name="gate",
+    summary=lambda o: f"accepted {o['accepted']} of {o['images']} ({o['acceptance_rate']:.1%})",
     fn=_gate,
     config_keys=("gate", "classifier", "data.target_class"),
     inputs=("dataset", "split", "classifier", "generate"),

@@ -103,6 +103,10 @@ class TinyTraining:
     """Learning rate of the decoder fine-tune as a fraction of ``vae_learning_rate``."""
     unet_steps: int = 2400
     """Optimiser steps of the UNet and text encoder, trained jointly on cached latents."""
+    unet_init: str | None = None
+    """A trained base model folder (or a work folder's ``denoiser/``) whose UNet and text encoder start
+    the denoiser phase instead of random weights: how a model is trained further in a second run. Its
+    data and autoencoder recipe must be the same, so the cached latents mean the same thing."""
     unet_batch_size: int = 32
     """Latents per UNet step."""
     unet_learning_rate: float = 1e-3

@@ -72,6 +72,21 @@ def test_rerun_reuses_finished_phases_and_redoes_what_the_recipe_changed(trained
     assert {row["phase"] for row in read_history(work)[len(before) :]} == {"denoiser", "decoder"}
 
 
+def test_a_second_run_continues_from_an_earlier_denoiser(trained, tmp_path):
+    recipe, out, work = trained
+    more = replace(recipe, training=replace(recipe.training, unet_steps=3, unet_init=str(work / "denoiser")))
+    history_before = len(read_history(work))
+    train_base_model(more, tmp_path / "more", work)
+    first_loss = read_history(work)[history_before:][0]
+    scratch = [row for row in read_history(work)[:history_before] if row["phase"] == "denoiser"][0]
+    assert first_loss["phase"] == "denoiser" and first_loss["loss"] < scratch["loss"]  # not random weights
+
+    other = replace(recipe.architecture, text_width=16)
+    wrong = replace(more, architecture=other)
+    with pytest.raises(ConfigError, match="another architecture"):
+        train_base_model(wrong, tmp_path / "wrong", tmp_path / "wrong-work")
+
+
 def test_a_new_denoiser_shape_keeps_the_trained_autoencoder():
     base = TinyModelRecipe()
     arch = base.architecture

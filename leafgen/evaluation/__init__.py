@@ -1,0 +1,1 @@
+"""After the gate: mix real and synthetic images, retrain the classifier arms and compare them honestly."""

@@ -1,0 +1,200 @@
+"""``leafgen run`` end to end on the tiny preset: every stage on real Ray with a tiny random-weight
+text-to-image model; a killed run resumes without redoing finished stages; changing only the synthetic
+ratio reruns only the stages after the gate; synthetic images reach the augmented arm's train set and
+never val or test; the HTML report loads in headless Chromium with every image decoded."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from leafgen.cli import main
+from leafgen.data.split import read_split
+from leafgen.pipeline import STAGES
+
+from ..diffusion.conftest import tiny_architecture
+from .conftest import TINY_RUN
+
+PIPELINE = [
+    "base_model.resolution=16",
+    "base_model.width=24",
+    "generate.num_inference_steps=2",
+    "generate.num_images=8",
+    "generate.batch_size=4",
+    "generate.num_actors=1",
+    "generate.cpu_threads=1",
+    "gate.threshold=0.0",
+    "dreambooth.lora_rank=2",
+    "dreambooth.num_class_images=4",
+    "dreambooth.train_batch_size=1",
+    "dreambooth.max_train_steps=2",
+    "dreambooth.checkpointing_steps=2",
+    "dreambooth.validation_steps=1",
+    "dreambooth.num_validation_images=1",
+    "eval.seeds=[0]",
+    "eval.drift_samples=2",
+    "eval.bootstrap_samples=100",
+    "mix.synthetic_ratio=1.0",
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from leafgen.diffusion.components import build_pipeline
+
+    path = tmp_path_factory.mktemp("pipe-model") / "tiny"
+    build_pipeline(tiny_architecture(), seed=0).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def _mtimes(run_dir, names):
+    return {n: os.stat(run_dir / n / "_complete.json").st_mtime_ns for n in names}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(ray_cluster, data_run, model_dir, tmp_path_factory):
+    """A run killed while the arms train, then finished by the same command: (run_dir, args, stdout)."""
+    import ray
+
+    run_dir = tmp_path_factory.mktemp("pipe") / "run"
+    shutil.copytree(data_run, run_dir)
+    args = [*TINY_RUN, f"run_dir={run_dir}", f"base_model.name_or_path={model_dir}", *PIPELINE]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "leafgen.cli", "run", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    training = run_dir / "arms" / "balanced" / "seed_0" / "ray"
+    deadline = time.monotonic() + 900
+    while not training.is_dir() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert first.poll() is None, "the first run ended before the arms stage started"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    finished = [s.name for s in STAGES[: [s.name for s in STAGES].index("arms")]]
+    before = _mtimes(run_dir, finished)
+    assert not (run_dir / "arms" / "_complete.json").exists()
+    sys.stdout.flush()
+    assert main(["run", *args]) == 0
+    assert _mtimes(run_dir, finished) == before, "a finished stage was redone after the kill"
+    return run_dir, args
+
+
+def test_rerun_after_a_kill_completes_every_stage_and_prints_the_report(pipeline_run, capsys):
+    run_dir, args = pipeline_run
+    for stage in STAGES:
+        assert (run_dir / stage.name / "_complete.json").is_file(), stage.name
+    assert main(["run", *args]) == 0
+    out = capsys.readouterr().out
+    assert all(f"[{s.name}] skipped (up to date)" in out for s in STAGES)
+    assert str(run_dir / "report" / "report.html") in out
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    comparison = metrics["comparison"]
+    assert comparison["arms"] == ["baseline", "balanced", "augmented"]
+    assert set(comparison["deltas"]) == {"balanced", "augmented"}
+    assert set(metrics["stage_seconds"]) >= {s.name for s in STAGES if s.name != "report"}
+    result = json.loads((run_dir / "arms" / "baseline" / "seed_0" / "result.json").read_text())
+    assert result["reused"], "the baseline arm's first seed is the classifier stage, not a retrain"
+
+
+def test_synthetic_images_reach_only_the_augmented_train_set(pipeline_run):
+    run_dir, _ = pipeline_run
+    with open(run_dir / "mix" / "mix.csv", newline="") as fh:
+        mixed = list(csv.DictReader(fh))
+    synthetic = [r for r in mixed if r["source"] == "synthetic"]
+    accepted = {
+        r["id"] for r in pq.read_table(run_dir / "gate" / "manifest.parquet").to_pylist() if r["accepted"]
+    }
+    split = read_split(run_dir / "split" / "split.csv")
+    n_real_target = sum(1 for _, y in split["train"] if y == 1)
+    assert len(synthetic) == n_real_target > 0
+    assert {r["image_id"] for r in synthetic} <= accepted
+    assert all(r["label"] == "multiple_diseases" and os.path.isfile(r["path"]) for r in synthetic)
+    assert all(run_dir / "generate" in Path(r["path"]).parents for r in synthetic)
+    held_out = {i for part in ("val", "test") for i, _ in split[part]}
+    assert not held_out & {r["image_id"] for r in synthetic}
+    retrain = run_dir / "retrain"
+    assert len(np.load(retrain / "arrays" / "train_labels.npy")) == len(mixed)
+    result = json.loads((retrain / "augmented" / "seed_0" / "result.json").read_text())
+    assert result["train_images"] == len(split["train"]) + len(synthetic)
+    base = json.loads((run_dir / "arms" / "balanced" / "seed_0" / "result.json").read_text())
+    assert base["train_images"] == len(split["train"])
+    for part in ("val", "test"):  # every arm is measured on the same real images
+        probs = np.load(retrain / "augmented" / "seed_0" / f"{part}_probs.npy")
+        assert len(probs) == len(split[part])
+
+
+def test_changing_only_the_ratio_reruns_only_the_stages_after_the_gate(pipeline_run, capsys, tmp_path):
+    src, args = pipeline_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    args = [a for a in args if not a.startswith(("run_dir=", "mix.synthetic_ratio="))]
+    capsys.readouterr()
+    assert main(["run", *args, f"run_dir={run_dir}", "mix.synthetic_ratio=0.5"]) == 0
+    out = capsys.readouterr().out
+    redone = {s.name for s in STAGES if f"[{s.name}] done in" in out}
+    assert redone == {"mix", "retrain", "evaluate", "report"}
+    mix = json.loads((run_dir / "mix" / "summary.json").read_text())
+    assert mix["synthetic_ratio"] == 0.5 and mix["synthetic"] == mix["requested"]
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path and shutil.which("chromedriver"):
+            return path
+    if os.environ.get("CI"):
+        pytest.fail("CI must have Chromium and chromedriver (.ci/run installs Debian's packages)")
+    pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+
+
+def test_report_loads_in_headless_chromium_with_every_image_decoded(pipeline_run):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    run_dir, _ = pipeline_run
+    options = Options()
+    options.binary_location = _chromium()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get((run_dir / "report" / "report.html").as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])"
+        )
+        headings = driver.execute_script(
+            "return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)"
+        )
+    finally:
+        driver.quit()
+    html = (run_dir / "report" / "report.html").read_text()
+    assert len(images) == html.count("<img ") >= 8
+    assert all(ok for _, ok in images), [alt for alt, ok in images if not ok]
+    assert 'src="data:image/png;base64,' in html and "file:" not in html
+    for section in ("held-out test split", "quality gate", "DreamBooth", "Language drift", "Stage times"):
+        assert any(section in h for h in headings), section
+
+
+def test_analysis_notebook_draws_the_comparison_and_grids_of_the_run(pipeline_run):
+    from ..test_notebooks import images_in, run_notebook
+
+    run_dir, _ = pipeline_run
+    outputs, text = run_notebook(run_dir)
+    assert "augmented - baseline" in text and "gate accepted" in text and "before" in text
+    # bars + contact sheet, recall bars + confusion + ROC, gate grid, validation grids, drift grid
+    assert images_in(outputs) >= 9
