@@ -9,8 +9,9 @@ Only the arm's change differs between arms; a seed means the same initialisation
 The two real-data arms live in the ``arms`` stage and the augmented arm in ``retrain``, so changing
 ``mix.synthetic_ratio`` retrains only the augmented arm. Each (arm, seed) run writes under
 ``<stage>/<arm>/seed_<seed>/`` and finishes with ``result.json``; a rerun skips finished runs and resumes
-an interrupted one from its Ray checkpoints. The baseline run whose seed is ``classifier.seed`` is the
-``classifier`` stage itself and is reused, not retrained.
+an interrupted one from its Ray checkpoints. A baseline run whose seed is ``classifier.seed`` or
+``eval.judge_seed`` is the ``classifier`` or ``judge`` stage itself (the same recipe and seed) and is
+reused, not retrained.
 """
 
 from __future__ import annotations
@@ -95,14 +96,22 @@ def train_arm(
     return result
 
 
+def _trained_elsewhere(cfg: PipelineConfig, ctx: StageContext) -> dict[int, Path]:
+    """Seed -> exported model of a stage that already trained the plain baseline recipe with that seed:
+    the gating classifier (``classifier.seed``) and the judge (``eval.judge_seed``)."""
+    if cfg.classifier.balanced_sampling or cfg.classifier.class_weighted_loss:
+        return {}  # those stages trained another recipe than the baseline arm's
+    seeds = {"judge": cfg.eval.judge_seed, "classifier": cfg.classifier.seed}  # the gating one wins a tie
+    return {seed: ctx.run.root / ctx.inputs[stage]["model_dir"] for stage, seed in seeds.items()}
+
+
 def _train_arms(cfg: PipelineConfig, ctx: StageContext, arms: Sequence[str], arrays: dict[str, Path]) -> dict:
-    classifier_model = ctx.run.root / ctx.inputs["classifier"]["model_dir"]
-    plain = not (cfg.classifier.balanced_sampling or cfg.classifier.class_weighted_loss)
-    runs = []
-    for arm in arms:
-        for seed in cfg.eval.seeds:
-            same = arm == "baseline" and plain and seed == cfg.classifier.seed
-            runs.append(train_arm(cfg, arm, seed, arrays, ctx.dir, classifier_model if same else None))
+    reusable = _trained_elsewhere(cfg, ctx) if "baseline" in arms else {}
+    runs = [
+        train_arm(cfg, arm, seed, arrays, ctx.dir, reusable.get(seed) if arm == "baseline" else None)
+        for arm in arms
+        for seed in cfg.eval.seeds
+    ]
     return {"arms": list(arms), "seeds": list(cfg.eval.seeds), "runs": runs}
 
 
@@ -125,7 +134,7 @@ def _augmented_arm(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     return _train_arms(cfg, ctx, ("augmented",), arrays)
 
 
-_ARM_KEYS = ("classifier", "eval.seeds", "eval.balance", "data.target_class")
+_ARM_KEYS = ("classifier", "eval.seeds", "eval.balance", "eval.judge_seed", "data.target_class")
 
 
 def _summary(outputs: dict[str, Any]) -> str:
@@ -138,7 +147,7 @@ ARMS_STAGE = Stage(
     summary=_summary,
     fn=_real_arms,
     config_keys=_ARM_KEYS,
-    inputs=("dataset", "split", "classifier"),
+    inputs=("dataset", "split", "classifier", "judge"),
 )
 RETRAIN = Stage(
     name="retrain",

@@ -40,3 +40,15 @@ def data_run(tmp_path_factory):
     assert main(["run", "--only", "dataset", "--only", "split", f"run_dir={run_dir}", *TINY_RUN]) == 0
     assert os.path.isfile(run_dir / "split" / "split.csv")
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A random-weight tiny text-to-image pipeline in the diffusers layout, shared by the Ray tests."""
+    from leafgen.diffusion.components import build_pipeline
+
+    from ..diffusion.conftest import tiny_architecture
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    build_pipeline(tiny_architecture(), seed=0).save_pretrained(path, safe_serialization=True)
+    return path

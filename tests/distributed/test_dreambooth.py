@@ -18,7 +18,7 @@ from leafgen.cli import main
 from leafgen.config import load_config
 from leafgen.stages import RunDir
 
-from ..diffusion.conftest import IDENTIFIER, tiny_architecture
+from ..diffusion.conftest import IDENTIFIER
 from .conftest import TINY_RUN
 
 DB = [
@@ -35,15 +35,6 @@ DB = [
     "dreambooth.validation_steps=3",
     "dreambooth.num_validation_images=2",
 ]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from leafgen.diffusion.components import build_pipeline
-
-    path = tmp_path_factory.mktemp("db-model") / "tiny"
-    build_pipeline(tiny_architecture(), seed=0).save_pretrained(path, safe_serialization=True)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from leafgen.diffusion.manifest import read_parts, sha256_file
 from leafgen.diffusion.prompt_table import TableSpec, prompt_table
 from leafgen.distributed.generate import actor_plan, generate_on_ray
 
-from ..diffusion.conftest import IDENTIFIER, plain_diffusers_images, read_pixels, tiny_architecture
+from ..diffusion.conftest import IDENTIFIER, plain_diffusers_images, read_pixels
 from .conftest import TINY_RUN
 
 SPEC = TableSpec(
@@ -37,15 +37,6 @@ SPEC = TableSpec(
     height=16,
     width=24,
 )
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from leafgen.diffusion.components import build_pipeline
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    build_pipeline(tiny_architecture(), seed=0).save_pretrained(path, safe_serialization=True)
-    return path
 
 
 def test_actor_plan_fits_the_cluster():

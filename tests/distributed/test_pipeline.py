@@ -23,7 +23,6 @@ from leafgen.cli import main
 from leafgen.data.split import read_split
 from leafgen.pipeline import STAGES
 
-from ..diffusion.conftest import tiny_architecture
 from .conftest import TINY_RUN
 
 PIPELINE = [
@@ -42,20 +41,12 @@ PIPELINE = [
     "dreambooth.checkpointing_steps=2",
     "dreambooth.validation_steps=1",
     "dreambooth.num_validation_images=1",
-    "eval.seeds=[0]",
+    "eval.seeds=[0,1]",
+    "eval.judge_seed=1",
     "eval.drift_samples=2",
     "eval.bootstrap_samples=100",
     "mix.synthetic_ratio=1.0",
 ]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from leafgen.diffusion.components import build_pipeline
-
-    path = tmp_path_factory.mktemp("pipe-model") / "tiny"
-    build_pipeline(tiny_architecture(), seed=0).save_pretrained(path, safe_serialization=True)
-    return path
 
 
 def _mtimes(run_dir, names):
@@ -106,8 +97,11 @@ def test_rerun_after_a_kill_completes_every_stage_and_prints_the_report(pipeline
     assert comparison["arms"] == ["baseline", "balanced", "augmented"]
     assert set(comparison["deltas"]) == {"balanced", "augmented"}
     assert set(metrics["stage_seconds"]) >= {s.name for s in STAGES if s.name != "report"}
-    result = json.loads((run_dir / "arms" / "baseline" / "seed_0" / "result.json").read_text())
-    assert result["reused"], "the baseline arm's first seed is the classifier stage, not a retrain"
+    for seed, stage in ((0, "classifier"), (1, "judge")):  # the same recipe and seed: not trained again
+        result = json.loads((run_dir / "arms" / "baseline" / f"seed_{seed}" / "result.json").read_text())
+        assert result["reused"] and result["model_dir"] == f"{stage}/model"
+    arms = json.loads((run_dir / "arms" / "_complete.json").read_text())["outputs"]
+    assert sum(not r["reused"] for r in arms["runs"]) == 2  # the balanced arm's two seeds
 
 
 def test_synthetic_images_reach_only_the_augmented_train_set(pipeline_run):
