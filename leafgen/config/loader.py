@@ -22,7 +22,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from leafgen.config.sections import FieldError, PipelineConfig
+from leafgen.config.fields import FieldError
+from leafgen.config.sections import PipelineConfig
 from leafgen.errors import ConfigError
 
 T = TypeVar("T")

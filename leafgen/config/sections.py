@@ -1,8 +1,9 @@
-"""Typed configuration for every pipeline stage: one dataclass per section of ``PipelineConfig``.
+"""Typed configuration for every pipeline stage: one dataclass per section of ``PipelineConfig`` (the
+text-to-image sections live in :mod:`leafgen.config.generative`).
 
 Each field carries a docstring (``leafgen config explain`` prints them). Checks that involve one section
-live in its ``__post_init__`` and raise :class:`FieldError` naming the field; the loader adds the section
-prefix so users see the full dotted key.
+live in its ``__post_init__`` and raise :class:`~leafgen.config.fields.FieldError` naming the field; the
+loader adds the section prefix so users see the full dotted key.
 """
 
 from __future__ import annotations
@@ -10,24 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from leafgen.errors import ConfigError
+from leafgen.config.fields import FieldError, positive
+from leafgen.config.generative import BaseModelConfig, DreamBoothConfig, GateConfig, GenerateConfig
 from leafgen.labels import CLASSES
-
-
-class FieldError(ConfigError):
-    """A value that fails validation; ``field`` is relative to the dataclass that raised it."""
-
-    def __init__(self, field_name: str, message: str):
-        self.field = field_name
-        self.message = message
-        super().__init__(f"{field_name}: {message}")
-
-
-def _positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise FieldError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
 @dataclass
@@ -42,8 +28,8 @@ class ProceduralConfig:
     """Unlabelled test.csv images per training image (Kaggle ships as many test images as training ones)."""
 
     def __post_init__(self) -> None:
-        _positive("scale", self.scale)
-        _positive("test_fraction", self.test_fraction, allow_zero=True)
+        positive("scale", self.scale)
+        positive("test_fraction", self.test_fraction, allow_zero=True)
         if not 32 <= self.size <= 4096:
             raise FieldError("size", f"must be between 32 and 4096 pixels, got {self.size}")
 
@@ -76,8 +62,8 @@ class DataConfig:
             )
         if any(f <= 0 for f in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
             raise FieldError("split", f"needs three positive fractions summing to 1, got {list(self.split)}")
-        _positive("max_image_pixels", self.max_image_pixels)
-        _positive("decode_workers", self.decode_workers)
+        positive("max_image_pixels", self.max_image_pixels)
+        positive("decode_workers", self.decode_workers)
 
 
 @dataclass
@@ -122,196 +108,18 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         for name in ("image_size", "epochs", "batch_size", "learning_rate", "num_workers"):
-            _positive(name, getattr(self, name))
-        _positive("weight_decay", self.weight_decay, allow_zero=True)
+            positive(name, getattr(self, name))
+        positive("weight_decay", self.weight_decay, allow_zero=True)
         metrics = ["val/accuracy", "val/mean_auc", "val/target_recall"]
         metrics += [f"val/{kind}/{c}" for kind in ("recall", "auc") for c in CLASSES]
         if self.checkpoint_metric not in metrics:
             raise FieldError(
                 "checkpoint_metric", f"must be one of {', '.join(metrics)}, got {self.checkpoint_metric!r}"
             )
-        _positive("keep_checkpoints", self.keep_checkpoints)
-        _positive("max_failures", self.max_failures, allow_zero=True)
+        positive("keep_checkpoints", self.keep_checkpoints)
+        positive("max_failures", self.max_failures, allow_zero=True)
         if not 0 <= self.label_smoothing < 1:
             raise FieldError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
-
-
-@dataclass
-class BaseModelConfig:
-    name_or_path: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    """Hub id or local diffusers folder of the text-to-image base model; ``embedded`` is the tiny model
-    committed in the package (leafgen/assets/tiny-leaf-t2i)."""
-    revision: str | None = None
-    """Hub revision (branch, tag or commit) when ``name_or_path`` is a hub id."""
-    resolution: int = 512
-    """Height in pixels the base model generates and is fine-tuned at."""
-    width: int | None = None
-    """Width in pixels; None means square (``resolution``). Kaggle's photos are 3:2 landscape."""
-
-    def __post_init__(self) -> None:
-        _positive("resolution", self.resolution)
-        _positive("width", self.width)
-
-
-@dataclass
-class DreamBoothConfig:
-    identifier_token: str = "<disease-leaf>"
-    """Identifier of the target class in prompts; must tokenize to one token (see ``new_token``)."""
-    new_token: bool = True
-    """Add ``identifier_token`` to the tokenizer with its own trained embedding (saved as
-    learned_embeds.safetensors); False uses an existing rare token of the vocabulary as is."""
-    initializer_token: str = "leaf"
-    """Existing token whose embedding a new identifier token starts from."""
-    instance_prompt: str = "<disease-leaf> leaf"
-    """Prompt paired with the target-class training images."""
-    class_prompt: str = "leaf"
-    """Prompt of the prior-preservation class images."""
-    num_class_images: int = 200
-    """Class images generated by the base model for prior preservation."""
-    prior_loss_weight: float = 1.0
-    """Weight of the prior-preservation loss; 0 disables prior preservation."""
-    learning_rate: float = 5e-6
-    """Peak learning rate of the UNet (or its LoRA) and a fully trained text encoder."""
-    embedding_learning_rate: float = 5e-4
-    """Learning rate of a new identifier token's embedding (textual inversion learns at ~1e-3)."""
-    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
-    """Learning-rate schedule (diffusers' get_scheduler)."""
-    lr_warmup_steps: int = 0
-    """Linear warm-up steps of the schedule."""
-    max_train_steps: int = 400
-    """Optimiser steps."""
-    train_batch_size: int = 4
-    """Instance images per step and worker (as many class images join them with prior preservation)."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches accumulated per optimiser step."""
-    train_text_encoder: bool = False
-    """Fine-tune the whole text encoder too (or its LoRA when lora_rank > 0)."""
-    lora_rank: int = 0
-    """LoRA rank (peft); 0 means a full fine-tune of the UNet."""
-    lora_alpha: float | None = None
-    """LoRA alpha; None: equal to the rank (scale 1)."""
-    lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-    """Modules given LoRA adapters (attention projections, as diffusers' DreamBooth LoRA script does)."""
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    """Autocast precision; auto: bf16 where the device computes it natively, else fp16 on CUDA, else none."""
-    gradient_checkpointing: bool = False
-    """Recompute UNet activations in the backward pass: less memory, ~20-30% more time."""
-    use_8bit_adam: bool = False
-    """bitsandbytes' 8-bit AdamW (CUDA only; an error if bitsandbytes is missing)."""
-    snr_gamma: float | None = None
-    """Min-SNR-gamma loss weighting (5.0 is the paper's value); None: plain MSE."""
-    noise_offset: float = 0.0
-    """Offset noise: adds this times per-channel Gaussian noise to the noise mean (0.1 is common)."""
-    crop: Literal["center", "random"] = "center"
-    """How images of other sizes are cropped after resizing to cover the resolution."""
-    seed: int = 0
-    """Seed of initialisation, data order, noise and validation samples."""
-    num_workers: int = 1
-    """Ray Train workers (DDP processes)."""
-    validation_steps: int = 100
-    """Generate validation grids every this many steps."""
-    validation_prompts: tuple[str, ...] = ("<disease-leaf> leaf", "leaf", "a photo of a leaf")
-    """Prompts of the validation grids (instance, class and drift prompts)."""
-    num_validation_images: int = 4
-    """Images per validation prompt, with fixed seeds 0..n-1."""
-    drift_prompts: tuple[str, ...] = ()
-    """Prompts the language-drift probe adds to its built-in set (a photo of a leaf, leaf, cat, sea, ...)."""
-    checkpointing_steps: int = 100
-    """Report a checkpoint every this many steps."""
-    keep_checkpoints: int = 2
-    """Checkpoints Ray keeps (the latest ones)."""
-    max_failures: int = 2
-    """Worker-group restarts from the last checkpoint before the run fails."""
-
-    def __post_init__(self) -> None:
-        for name in (
-            "learning_rate",
-            "embedding_learning_rate",
-            "max_train_steps",
-            "train_batch_size",
-            "gradient_accumulation_steps",
-            "num_workers",
-            "validation_steps",
-            "checkpointing_steps",
-            "keep_checkpoints",
-            "num_validation_images",
-            "snr_gamma",
-            "lora_alpha",
-        ):
-            _positive(name, getattr(self, name))
-        for name in ("num_class_images", "prior_loss_weight", "lora_rank", "lr_warmup_steps", "max_failures"):
-            _positive(name, getattr(self, name), allow_zero=True)
-        _positive("noise_offset", self.noise_offset, allow_zero=True)
-        if self.prior_loss_weight > 0 and self.num_class_images == 0:
-            raise FieldError(
-                "num_class_images", "prior preservation (prior_loss_weight > 0) needs class images"
-            )
-        if not self.identifier_token.strip() or " " in self.identifier_token:
-            raise FieldError("identifier_token", f"must be one word, got {self.identifier_token!r}")
-
-
-@dataclass
-class GenerateConfig:
-    num_images: int = 200
-    """Synthetic target-class images generated."""
-    prompts: tuple[str, ...] = ("<disease-leaf> leaf",)
-    """Prompt templates; each image's template is drawn from this list by its own seed."""
-    negative_prompt: str = ""
-    """Negative prompt for classifier-free guidance."""
-    mode: Literal["txt2img", "img2img"] = "txt2img"
-    """txt2img, or img2img (SDEdit) from real train-split images of the target class."""
-    strength: float = 0.5
-    """img2img noise strength in (0, 1]: the share of the denoising schedule re-run from the real image."""
-    num_inference_steps: int = 25
-    """Denoising steps."""
-    guidance_scale: float = 7.5
-    """Classifier-free guidance scale."""
-    scheduler: Literal["dpmsolver++", "ddim", "euler", "euler_ancestral", "pndm", "unipc"] = "dpmsolver++"
-    """Sampler, built from the base model's own noise schedule."""
-    batch_size: int = 8
-    """Prompts per pipeline call (one Ray Data batch)."""
-    seed: int = 0
-    """Base seed; each image's generator seed derives from it and the image's index only."""
-    prompt_table: str | None = None
-    """Parquet file of rows to render instead of the table built from this section: columns id and prompt,
-    optionally negative_prompt, seed, steps, guidance, mode, strength and source_id (img2img: a train-split
-    image of the target class); missing values come from this section."""
-    adapter: str | None = None
-    """DreamBooth output to generate with: a diffusers pipeline folder (full fine-tune) or a folder with
-    ``pytorch_lora_weights.safetensors`` and/or ``learned_embeds.safetensors``; None: the base model."""
-    num_actors: int | None = None
-    """Generation actors (one pipeline each); None: one per GPU, or CPUs // cpu_threads without GPUs."""
-    cpu_threads: int = 2
-    """Torch threads (and Ray CPUs) per actor when generating on CPU."""
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """Weights and activations dtype; auto: float16 on CUDA, float32 on CPU."""
-
-    def __post_init__(self) -> None:
-        for name in ("num_inference_steps", "batch_size", "cpu_threads", "num_actors"):
-            _positive(name, getattr(self, name))
-        _positive("num_images", self.num_images, allow_zero=True)
-        _positive("guidance_scale", self.guidance_scale, allow_zero=True)
-        if not 0 < self.strength <= 1:
-            raise FieldError("strength", f"must be in (0, 1], got {self.strength}")
-        if not self.prompts or not all(p.strip() for p in self.prompts):
-            raise FieldError("prompts", "needs at least one non-empty prompt template")
-
-
-@dataclass
-class GateConfig:
-    threshold: float = 0.5
-    """Minimum baseline-classifier probability of the target class for a synthetic image to be kept."""
-    near_duplicate_distance: int = 6
-    """Perceptual-hash (64-bit pHash) Hamming distance at or below which a synthetic image counts as a
-    copy of a real train, val or test image and is dropped (distinct demo images are 10 or more apart)."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.threshold <= 1:
-            raise FieldError("threshold", f"must be in [0, 1], got {self.threshold}")
-        if not 0 <= self.near_duplicate_distance <= 64:
-            raise FieldError(
-                "near_duplicate_distance", f"must be in [0, 64], got {self.near_duplicate_distance}"
-            )
 
 
 @dataclass
@@ -320,7 +128,7 @@ class MixConfig:
     """Accepted synthetic target-class images used per real training image of that class."""
 
     def __post_init__(self) -> None:
-        _positive("synthetic_ratio", self.synthetic_ratio, allow_zero=True)
+        positive("synthetic_ratio", self.synthetic_ratio, allow_zero=True)
 
 
 @dataclass
@@ -340,8 +148,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise FieldError("seeds", "needs at least one seed")
-        _positive("bootstrap_samples", self.bootstrap_samples)
-        _positive("drift_samples", self.drift_samples)
+        positive("bootstrap_samples", self.bootstrap_samples)
+        positive("drift_samples", self.drift_samples)
 
 
 @dataclass
@@ -364,8 +172,8 @@ class TuneConfig:
     """Where Tune writes results (local path or shared-storage URI); None: <run_dir>/tune."""
 
     def __post_init__(self) -> None:
-        _positive("num_samples", self.num_samples)
-        _positive("max_concurrent_trials", self.max_concurrent_trials)
+        positive("num_samples", self.num_samples)
+        positive("max_concurrent_trials", self.max_concurrent_trials)
 
 
 @dataclass
@@ -382,8 +190,8 @@ class RayConfig:
     """Ray's session directory; keep it short (Unix socket paths are limited to 107 bytes)."""
 
     def __post_init__(self) -> None:
-        _positive("num_cpus", self.num_cpus)
-        _positive("num_gpus", self.num_gpus, allow_zero=True)
+        positive("num_cpus", self.num_cpus)
+        positive("num_gpus", self.num_gpus, allow_zero=True)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from leafgen.config.sections import FieldError, _positive
+from leafgen.config.fields import FieldError, positive
 
 
 @dataclass
@@ -49,7 +49,7 @@ class TinyArchitecture:
         if len(self.unet_cross_attention) != len(self.unet_channels):
             raise FieldError("unet_cross_attention", "needs one entry per unet_channels entry")
         for name in ("latent_channels", "text_width", "text_layers", "text_heads", "max_length"):
-            _positive(name, getattr(self, name))
+            positive(name, getattr(self, name))
 
 
 # Stable Diffusion v1.5's component shapes in this dataclass's terms. Benchmarks build it with random
@@ -137,10 +137,10 @@ class TinyTraining:
 
     def __post_init__(self) -> None:
         for name in ("vae_steps", "unet_steps", "vae_batch_size", "unet_batch_size"):
-            _positive(name, getattr(self, name))
+            positive(name, getattr(self, name))
         # A negative weight would make pixel weights negative: a loss that rewards losing lesions.
         for name in ("vae_edge_weight", "vae_detail_weight"):
-            _positive(name, getattr(self, name), allow_zero=True)
+            positive(name, getattr(self, name), allow_zero=True)
         if not 0 <= self.empty_prompt_share + self.generic_prompt_share <= 1:
             raise FieldError(
                 "generic_prompt_share", "empty_prompt_share + generic_prompt_share must be in [0, 1]"
