@@ -79,7 +79,7 @@ class TinyTraining:
     """Seed of the procedural training set; any other seed than the demo's so no demo image is seen."""
     data_scale: float = 2.0
     """Procedural training set size as a multiple of Kaggle's class counts (the minority class is dropped)."""
-    vae_steps: int = 900
+    vae_steps: int = 2400
     """Optimiser steps of the autoencoder."""
     vae_batch_size: int = 64
     """Images per autoencoder step."""
@@ -97,11 +97,11 @@ class TinyTraining:
     the batch's mean detail (0: plain L1); keeps small lesions' colour and shape through the autoencoder."""
     vae_kl_weight: float = 1e-6
     """Weight of the KL term; SD's autoencoder is nearly deterministic, so this stays tiny."""
-    decoder_steps: int = 300
+    decoder_steps: int = 0
     """Steps of the final decoder-only fine-tune (encoder frozen, so the denoiser's latents are unchanged)."""
     decoder_lr_factor: float = 0.5
     """Learning rate of the decoder fine-tune as a fraction of ``vae_learning_rate``."""
-    unet_steps: int = 2400
+    unet_steps: int = 6500
     """Optimiser steps of the UNet and text encoder, trained jointly on cached latents."""
     unet_init: str | None = None
     """A trained base model folder (or a work folder's ``denoiser/``) whose UNet and text encoder start

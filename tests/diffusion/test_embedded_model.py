@@ -1,0 +1,62 @@
+"""The committed embedded base model: plain diffusers loads it at its own resolution, its recipe files
+match the code, the tokenizer is CLIP's, and it stays within the size budget."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+
+from leafgen.config import load_config
+from leafgen.config.loader import from_dict, read_yaml
+from leafgen.diffusion.base_model import RECIPE_FILE
+from leafgen.diffusion.components import EMBEDDED_DIR, resolve_model_path
+from leafgen.diffusion.recipe import TinyModelRecipe
+from leafgen.diffusion.tokenizer import clip_tokenizer
+
+FIRST_RUN_FILE = "leafgen_recipe_first_run.yaml"
+
+
+def test_committed_model_loads_with_plain_diffusers_and_draws_at_64x96():
+    pipe = StableDiffusionPipeline.from_pretrained(EMBEDDED_DIR)
+    assert {m.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder)} == {torch.float32}
+    out = pipe(
+        "leaf with rust",
+        num_inference_steps=2,
+        height=64,
+        width=96,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    assert out.shape == (1, 64, 96, 3) and np.isfinite(out).all()
+
+
+def test_committed_recipes_are_the_code_defaults_plus_the_recorded_continuation():
+    first = from_dict(TinyModelRecipe, read_yaml(EMBEDDED_DIR / FIRST_RUN_FILE))
+    final = from_dict(TinyModelRecipe, read_yaml(EMBEDDED_DIR / RECIPE_FILE))
+    assert first == TinyModelRecipe()  # the defaults made the first run
+    # The second run continued the first run's denoiser; nothing else about the recipe changed.
+    assert final.training.unet_init and first.training.unet_init is None
+    same = replace(
+        final.training,
+        unet_init=None,
+        unet_steps=first.training.unet_steps,
+        unet_learning_rate=first.training.unet_learning_rate,
+    )
+    assert replace(final, training=same) == first
+
+
+def test_committed_tokenizer_is_clips_vocabulary_at_the_recipe_length():
+    pipe = StableDiffusionPipeline.from_pretrained(EMBEDDED_DIR)
+    reference = clip_tokenizer(TinyModelRecipe().architecture.max_length)
+    for prompt in ("leaf with scab", "a photo of a leaf", "<disease-leaf> leaf", "pirate"):
+        assert pipe.tokenizer(prompt).input_ids == reference(prompt).input_ids
+
+
+def test_committed_model_fits_the_size_budget_and_the_demo_points_at_it():
+    size = sum(p.stat().st_size for p in EMBEDDED_DIR.rglob("*") if p.is_file())
+    assert size <= 30 * 2**20
+    assert not list(EMBEDDED_DIR.rglob("*.bin")) and list(EMBEDDED_DIR.rglob("*.safetensors"))
+    assert resolve_model_path(load_config("configs/demo.yaml").base_model.name_or_path) == str(EMBEDDED_DIR)
