@@ -19,16 +19,10 @@ NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
 def run_notebook(run_dir: Path) -> tuple[list[Any], str]:
     """Execute the notebook on ``run_dir``; returns its outputs and their printed text. Fails on an error."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    env = {**os.environ, "LEAFGEN_RUN_DIR": str(run_dir)}
-    old = dict(os.environ)
-    os.environ.update(env)  # the kernel inherits the environment of the process that starts it
-    try:
-        NotebookClient(
-            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
-        ).execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    )
+    client.execute(env={**os.environ, "LEAFGEN_RUN_DIR": str(run_dir)})  # the kernel's own environment
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     return outputs, "".join(o.get("text", "") for o in outputs if o.output_type == "stream")

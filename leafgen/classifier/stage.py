@@ -31,6 +31,7 @@ from leafgen.errors import ConfigError
 from leafgen.stages import Stage, StageContext
 
 CACHE_DIR = "cache"
+TEST_PROBS = "test_probs.npy"
 
 
 def cache_split_arrays(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Path]:
@@ -64,15 +65,10 @@ def predict_split(model_dir: Path, images: np.ndarray, flip_tta: bool) -> np.nda
     return predict_probs(model, loader, device, flip_tta)
 
 
-def evaluate(
-    model_dir: Path, images: np.ndarray, labels: np.ndarray, target_class: str, flip_tta: bool
-) -> dict[str, Any]:
-    return classification_metrics(labels, predict_split(model_dir, images, flip_tta), target_class)
-
-
 def train_and_export(cfg: PipelineConfig, arrays: dict[str, Path], out: Path) -> dict[str, Any]:
     """Train on Ray into ``out/ray`` (resuming an interrupted run there), export the best checkpoint to
-    ``out/model`` and measure it on the held-out test split; writes ``metrics.json`` and returns it."""
+    ``out/model`` and measure it on the held-out test split; writes ``metrics.json`` and the test
+    probabilities (``test_probs.npy``) and returns the metrics."""
     from leafgen.distributed.train_classifier import read_history, train_on_ray
 
     result = train_on_ray(cfg, arrays, out / "ray")
@@ -84,13 +80,10 @@ def train_and_export(cfg: PipelineConfig, arrays: dict[str, Path], out: Path) ->
         for name in (MODEL_FILE, META_FILE):
             shutil.copy2(Path(src) / name, model_dir / name)
     _, meta = load_classifier(model_dir)
-    test = evaluate(
-        model_dir,
-        np.load(arrays["test_images"], mmap_mode="r"),
-        np.load(arrays["test_labels"]),
-        cfg.data.target_class,
-        cfg.classifier.flip_tta,
-    )
+    probs = predict_split(model_dir, np.load(arrays["test_images"], mmap_mode="r"), cfg.classifier.flip_tta)
+    with atomic.atomic_path(out / TEST_PROBS) as tmp:
+        np.save(tmp, probs)
+    test = classification_metrics(np.load(arrays["test_labels"]), probs, cfg.data.target_class)
     history = read_history(out / "ray")
     metrics = {"best_epoch": meta["epoch"] + 1, "best_val": meta["metrics"], "test": test, "history": history}
     atomic.write_json(out / "metrics.json", metrics)

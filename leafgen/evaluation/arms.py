@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from leafgen import atomic
-from leafgen.classifier.stage import CACHE_DIR, cache_split_arrays, predict_split, train_and_export
+from leafgen.classifier.stage import (
+    CACHE_DIR,
+    TEST_PROBS,
+    cache_split_arrays,
+    predict_split,
+    train_and_export,
+)
 from leafgen.classifier.training import input_size, load_classifier
 from leafgen.config import PipelineConfig
 from leafgen.data.cache import ensure_cached
@@ -34,7 +40,7 @@ from leafgen.stages import Stage, StageContext
 
 ARMS = ("baseline", "balanced", "augmented")
 RESULT_FILE = "result.json"
-VAL_PROBS, TEST_PROBS = "val_probs.npy", "test_probs.npy"
+VAL_PROBS = "val_probs.npy"
 
 
 def arm_config(cfg: PipelineConfig, arm: str, seed: int) -> PipelineConfig:
@@ -56,7 +62,11 @@ def read_result(stage_dir: Path, arm: str, seed: int) -> dict[str, Any] | None:
 
 
 def _save_probs(out: Path, model_dir: Path, arrays: dict[str, Path], flip_tta: bool) -> None:
+    """Val and test probabilities into ``out``, unless there already (a run trained here wrote its test
+    probabilities while measuring itself; the stage directory holds one model per run)."""
     for split, name in (("val", VAL_PROBS), ("test", TEST_PROBS)):
+        if (out / name).is_file():
+            continue
         probs = predict_split(model_dir, np.load(arrays[f"{split}_images"], mmap_mode="r"), flip_tta)
         with atomic.atomic_path(out / name) as tmp:
             np.save(tmp, probs)
@@ -134,7 +144,7 @@ def _augmented_arm(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     return _train_arms(cfg, ctx, ("augmented",), arrays)
 
 
-_ARM_KEYS = ("classifier", "eval.seeds", "eval.balance", "eval.judge_seed", "data.target_class")
+_ARM_KEYS = ("classifier", "eval.seeds", "eval.balance", "data.target_class")
 
 
 def _summary(outputs: dict[str, Any]) -> str:
@@ -146,7 +156,7 @@ ARMS_STAGE = Stage(
     name="arms",
     summary=_summary,
     fn=_real_arms,
-    config_keys=_ARM_KEYS,
+    config_keys=(*_ARM_KEYS, "eval.judge_seed"),  # it reuses the judge as a baseline run
     inputs=("dataset", "split", "classifier", "judge"),
 )
 RETRAIN = Stage(

@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from leafgen import atomic
+from leafgen.data.images import DEFAULT_MAX_PIXELS
 from leafgen.labels import CLASSES
 
 ARM_COLOURS = {"baseline": "tab:blue", "balanced": "tab:orange", "augmented": "tab:green"}
@@ -95,17 +96,22 @@ def roc_curves(y: np.ndarray, probs: Mapping[str, Sequence[np.ndarray]]):
     return fig
 
 
-def image_grid(paths: Sequence[Path], path: Path, size: tuple[int, int], nrow: int = 8) -> Path | None:
+def image_grid(
+    paths: Sequence[Path],
+    path: Path,
+    size: tuple[int, int],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    nrow: int = 8,
+) -> Path | None:
     """A torchvision grid of ``paths`` resized to ``size`` = (height, width); None when there are none."""
     from torchvision.utils import save_image
 
     from leafgen.data.cache import decode_resized
+    from leafgen.diffusion.evaluate import to_unit_float
 
     if not paths:
         return None
-    import torch
-
-    images = torch.stack([torch.tensor(decode_resized(p, size, 60_000_000)).permute(2, 0, 1) for p in paths])
+    images = to_unit_float(np.stack([decode_resized(p, size, max_pixels) for p in paths]))
     with atomic.atomic_path(path) as tmp:
-        save_image(images.float() / 255, tmp, format="png", nrow=nrow, padding=1)
+        save_image(images, tmp, format="png", nrow=nrow, padding=1)
     return path

@@ -91,15 +91,15 @@ def comparison_section(comparison: dict[str, Any], figures: list[Figure]) -> Sec
     )
 
 
-def _synthetic_section(cfg: PipelineConfig, ctx: StageContext) -> Section:
-    gate, mix = _read(ctx, "gate", "summary.json"), _read(ctx, "mix", "summary.json")
+def _synthetic_section(
+    cfg: PipelineConfig, ctx: StageContext, train: list[tuple[str, int]], gate: dict, mix: dict
+) -> Section:
     root = dataset_root(cfg, ctx.inputs["dataset"], ctx.run.root) / "images"
     target = CLASSES.index(cfg.data.target_class)
-    split = read_split(ctx.run.root / ctx.inputs["split"]["split_csv"])
-    real = [image_path(root, i) for i, y in split["train"] if y == target][:GRID_IMAGES]
+    real = [image_path(root, i) for i, y in train if y == target][:GRID_IMAGES]
     size = (cfg.base_model.resolution, cfg.base_model.width or cfg.base_model.resolution)
     figures = []
-    grid = plots.image_grid(real, ctx.dir / "real_target.png", size)
+    grid = plots.image_grid(real, ctx.dir / "real_target.png", size, cfg.data.max_image_pixels)
     if grid:
         figures.append(Figure(grid, f"real {cfg.data.target_class} train images"))
     for name, caption in (("accepted", "accepted by the gate"), ("rejected", "rejected by the gate")):
@@ -123,8 +123,7 @@ def _synthetic_section(cfg: PipelineConfig, ctx: StageContext) -> Section:
     )
 
 
-def _dreambooth_section(ctx: StageContext) -> Section:
-    info = _read(ctx, "dreambooth", "summary.json")
+def _dreambooth_section(ctx: StageContext, info: dict) -> Section:
     grids = info["validation_grids"]
     picks = sorted(
         {grids[round(i)] for i in np.linspace(0, len(grids) - 1, min(len(grids), MAX_VALIDATION_GRIDS))}
@@ -144,8 +143,7 @@ def _dreambooth_section(ctx: StageContext) -> Section:
     )
 
 
-def _drift_section(ctx: StageContext) -> Section:
-    drift = _read(ctx, "drift", "drift.json")
+def _drift_section(ctx: StageContext, drift: dict) -> Section:
     target = drift["target_class"]
     rows = [
         [
@@ -180,6 +178,8 @@ def stage_seconds(run_root: Path) -> dict[str, float]:
 
 def _report(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     comparison = _read(ctx, "evaluate", "comparison.json")
+    gate, mix = _read(ctx, "gate", "summary.json"), _read(ctx, "mix", "summary.json")
+    dreambooth, drift = _read(ctx, "dreambooth", "summary.json"), _read(ctx, "drift", "drift.json")
     split = read_split(ctx.run.root / ctx.inputs["split"]["split_csv"])
     y_test = np.asarray([y for _, y in split["test"]])
     probs = arm_probabilities(ctx, TEST_PROBS)
@@ -204,9 +204,9 @@ def _report(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
             ],
         ),
         comparison_section(comparison, figures),
-        _synthetic_section(cfg, ctx),
-        _dreambooth_section(ctx),
-        _drift_section(ctx),
+        _synthetic_section(cfg, ctx, split["train"], gate, mix),
+        _dreambooth_section(ctx, dreambooth),
+        _drift_section(ctx, drift),
         Section(
             "Stage times",
             paragraphs=["Seconds each stage took when it last ran (a skipped stage keeps its earlier time)."],
@@ -216,10 +216,10 @@ def _report(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     md, html = write_report(f"leafgen report: {cfg.data.target_class}", sections, ctx.dir)
     metrics = {
         "comparison": comparison,
-        "gate": _read(ctx, "gate", "summary.json"),
-        "mix": _read(ctx, "mix", "summary.json"),
-        "dreambooth": _read(ctx, "dreambooth", "summary.json"),
-        "drift": _read(ctx, "drift", "drift.json"),
+        "gate": gate,
+        "mix": mix,
+        "dreambooth": dreambooth,
+        "drift": drift,
         "stage_seconds": seconds,
     }
     atomic.write_json(ctx.dir / "metrics.json", metrics)
