@@ -33,6 +33,17 @@ def _cmd_run(args: argparse.Namespace) -> None:
     print_comparison_summary(Path(cfg.run_dir))
 
 
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from leafgen.config import load_config
+    from leafgen.tuning.search import run_search
+
+    outcome = run_search(load_config(args.config, args.overrides), argv=sys.argv)
+    print(f"results table: {outcome.results_csv}")
+    print(f"best config:   {outcome.best_config}")
+    print(f"search report: {outcome.report}")
+    print(f"best run:      {outcome.best_run / 'report' / 'report.html'}")
+
+
 def _cmd_train_classifier(args: argparse.Namespace) -> None:
     from leafgen.config import load_config
     from leafgen.pipeline import run_pipeline
@@ -185,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="start", metavar="STAGE", help="run this stage and the ones after it")
     run.add_argument("--force", action="store_true", help="redo the selected stages even if complete")
     run.set_defaults(func=_cmd_run)
+
+    tune = sub.add_parser(
+        "tune", help="search tune.space on validation with Ray Tune, then test the best config"
+    )
+    _add_config_args(tune)
+    tune.set_defaults(func=_cmd_tune)
 
     train = sub.add_parser("train-classifier", help="train and test the baseline classifier on Ray Train")
     _add_config_args(train)

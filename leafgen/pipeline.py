@@ -15,6 +15,7 @@ from leafgen.evaluation.arms import ARMS_STAGE, RETRAIN
 from leafgen.evaluation.mix_stage import MIX
 from leafgen.evaluation.stage import EVALUATE
 from leafgen.report.stage import REPORT
+from leafgen.stage_store import StageStore
 from leafgen.stages import RunDir, Stage, StageResult, run_stage
 
 # The main job (`leafgen run`): data, baseline classifier and judge, DreamBooth and its drift probe,
@@ -63,13 +64,20 @@ def run_pipeline(
     log: Callable[[str], None] = print,
     argv: list[str] | None = None,
     stages: Sequence[Stage] = STAGES,
+    store: StageStore | None = None,
 ) -> list[StageResult]:
-    """Run the selected stages in order; ``force`` redoes them even when their markers match."""
+    """Run the selected stages in order; ``force`` redoes them even when their markers match. With a
+    ``store``, stage outputs live there and are shared with every run of the same stage key."""
     run = RunDir(cfg.run_dir)
     run.start(cfg, argv)
+    if store is not None:
+        store.attach(run)
     results = []
     for stage in select_stages(only, start, stages):
-        result = run_stage(stage, cfg, run, force=force)
+        if store is not None:
+            result = store.run(stage, cfg, run, force=force)
+        else:
+            result = run_stage(stage, cfg, run, force=force)
         how = "skipped (up to date)" if result.skipped else f"done in {result.seconds:.1f}s"
         if stage.summary is not None:
             how += f": {stage.summary(result.outputs)}"

@@ -111,6 +111,10 @@ def run_stage(stage: Stage, cfg: PipelineConfig, run: RunDir, force: bool = Fals
     """Run ``stage`` unless its completion marker matches; returns what it produced."""
     key = stage_key(stage, cfg, run)
     directory = run.stage_dir(stage.name)
+    if directory.is_symlink() and directory.resolve().name != key:
+        # A link into a stage store (leafgen.stage_store) that holds another key's outputs: never write
+        # through it, the store entry belongs to other runs.
+        directory.unlink()
     marker = run.marker(stage.name)
     if marker is not None and marker["key"] == key and not force:
         return StageResult(stage.name, True, 0.0, marker["outputs"])
@@ -120,7 +124,7 @@ def run_stage(stage: Stage, cfg: PipelineConfig, run: RunDir, force: bool = Fals
     started = directory / STARTED
     resumable = started.is_file() and json.loads(started.read_text()).get("key") == key and not force
     if directory.exists() and not resumable:
-        shutil.rmtree(directory)
+        _empty(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic.write_json(started, {"key": key})
 
@@ -133,3 +137,12 @@ def run_stage(stage: Stage, cfg: PipelineConfig, run: RunDir, force: bool = Fals
     )
     started.unlink(missing_ok=True)
     return StageResult(stage.name, False, seconds, outputs)
+
+
+def _empty(directory: Path) -> None:
+    """Remove what ``directory`` holds but keep it: it may be a link into a shared stage store."""
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()

@@ -18,6 +18,7 @@ JOBS = Path(__file__).resolve().parent.parent / "jobs"
         ("train_classifier", "train-classifier"),
         ("dreambooth", "dreambooth"),
         ("generate", "generate"),
+        ("tune", "tune"),
     ],
 )
 def test_job_is_the_leafgen_subcommand(job, command):

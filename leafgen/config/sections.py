@@ -155,25 +155,39 @@ class EvalConfig:
 @dataclass
 class TuneConfig:
     space: dict[str, Any] = field(default_factory=dict)
-    """Search space: dotted config key -> {choice: [...]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]}."""
+    """Search space: dotted config key -> {choice: [...]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]} or
+    {randint: [lo, hi]} (hi excluded); grid search takes choices only."""
     num_samples: int = 4
-    """Trials to run (per grid point for grid search)."""
+    """Trials to run (for grid search: repeats of the whole grid)."""
     search_alg: Literal["random", "grid", "optuna"] = "random"
-    """Search algorithm."""
-    scheduler: Literal["none", "asha"] = "none"
-    """Trial scheduler; ASHA stops weak trials early over classifier epochs."""
+    """Search algorithm: random sampling, the full grid of choices, or Optuna's TPE through Ray Tune."""
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    """Trial scheduler; 'asha' stops weak trials early, measured in classifier epochs."""
+    grace_period: int = 1
+    """ASHA: classifier epochs every trial runs before it may be stopped."""
     metric: str = "val/target_recall"
-    """Objective reported by every trial; never computed on the held-out test split."""
+    """Objective every trial reports (target-class accuracy on the validation split by default); the
+    held-out test split is never used for selection."""
+    tie_breaker: str | None = "val/mean_auc"
+    """Second objective, same direction as ``mode``, that orders trials with equal ``metric``."""
     mode: Literal["max", "min"] = "max"
     """Whether the objective is maximised or minimised."""
     max_concurrent_trials: int | None = None
-    """Trials running at once; None lets Ray fit them to the cluster."""
+    """Trials running at once; None: as many as the cluster's GPUs allow (one on a CPU-only cluster)."""
+    seed: int = 0
+    """Seed of the search algorithm's sampling."""
+    name: str = "search"
+    """Name of the Tune experiment under ``storage_path``; the same name resumes it."""
     storage_path: str | None = None
-    """Where Tune writes results (local path or shared-storage URI); None: <run_dir>/tune."""
+    """Where Tune writes results and TensorBoard logs (local path or shared-storage URI); None:
+    <run_dir>/tune."""
 
     def __post_init__(self) -> None:
         positive("num_samples", self.num_samples)
+        positive("grace_period", self.grace_period)
         positive("max_concurrent_trials", self.max_concurrent_trials)
+        if not self.name or "/" in self.name:
+            raise FieldError("name", f"must be a non-empty folder name, got {self.name!r}")
 
 
 @dataclass
@@ -188,10 +202,17 @@ class RayConfig:
     """Interface the local dashboard binds; loopback unless you mean to expose it."""
     temp_dir: str | None = None
     """Ray's session directory; keep it short (Unix socket paths are limited to 107 bytes)."""
+    job_cpus: int | None = None
+    """CPUs one training run or generation pool may take; None: all of the cluster's. ``leafgen tune``
+    sets it per trial, so concurrent trials share the cluster instead of queueing behind each other."""
+    job_gpus: int | None = None
+    """GPUs one training run or generation pool may take; None: all of the cluster's."""
 
     def __post_init__(self) -> None:
         positive("num_cpus", self.num_cpus)
         positive("num_gpus", self.num_gpus, allow_zero=True)
+        positive("job_cpus", self.job_cpus)
+        positive("job_gpus", self.job_gpus, allow_zero=True)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from leafgen.diffusion.adapters import EngineSettings
 from leafgen.diffusion.generator import ImageGenerator
 from leafgen.diffusion.manifest import finalize, finished_ids
 from leafgen.diffusion.prompt_table import Row
-from leafgen.distributed.runtime import ensure_ray
+from leafgen.distributed.runtime import job_resources
 from leafgen.errors import LeafgenError
 
 
@@ -57,7 +57,7 @@ def generate_on_ray(
     done = finished_ids(out_dir, rows)
     todo = [row for row in rows if row["id"] not in done]
     if todo:
-        resources = ensure_ray(ray_cfg)
+        resources = job_resources(ray_cfg)
         actors, per_actor = actor_plan(resources, num_actors, cpu_threads)
         batches = math.ceil(len(todo) / batch_size)
         actors = min(actors, batches)

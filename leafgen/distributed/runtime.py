@@ -64,6 +64,17 @@ def ensure_ray(cfg: RayConfig | None = None, **extra: Any) -> dict[str, float]:
     return ray.cluster_resources()
 
 
+def job_resources(cfg: RayConfig | None = None) -> dict[str, float]:
+    """The resources one training run or generation pool may plan with: the cluster's, capped by
+    ``ray.job_cpus`` and ``ray.job_gpus`` (a Tune trial's share)."""
+    cfg = cfg or RayConfig()
+    resources = dict(ensure_ray(cfg))
+    for name, cap in (("CPU", cfg.job_cpus), ("GPU", cfg.job_gpus)):
+        if cap is not None:
+            resources[name] = min(resources.get(name, 0), cap)
+    return resources
+
+
 def shutdown() -> None:
     if "ray" in sys.modules:
         import ray

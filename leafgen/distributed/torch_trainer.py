@@ -31,7 +31,7 @@ from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
 from torch.utils.tensorboard import SummaryWriter
 
 from leafgen.config import PipelineConfig, from_dict
-from leafgen.distributed.runtime import ensure_ray, quiet_train_report_log
+from leafgen.distributed.runtime import job_resources, quiet_train_report_log
 from leafgen.worker import WorkerContext
 
 HISTORY_FILE = "history.jsonl"
@@ -105,7 +105,7 @@ def build_trainer(
     callbacks: Sequence[UserCallback],
 ) -> TorchTrainer:
     """A TorchTrainer of ``num_workers`` DDP workers running ``loop`` with ``cfg`` and ``loop_config``."""
-    resources = ensure_ray(cfg.ray)
+    resources = job_resources(cfg.ray)
     storage.mkdir(parents=True, exist_ok=True)
     use_gpu = resources.get("GPU", 0) >= 1
     cpus_per_worker = 1 if use_gpu else max(1, int(resources.get("CPU", 1)) // num_workers)

@@ -8,15 +8,14 @@ last one. Rerunning with the same storage path and run name resumes an interrupt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray.train
 import torch
-from ray.train import (
-    CheckpointConfig,
-)
+from ray.train import CheckpointConfig, UserCallback
 from torch.utils.tensorboard import SummaryWriter
 
 from leafgen.classifier.training import SplitArrays, fit
@@ -77,9 +76,14 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
 
 def train_on_ray(
-    cfg: PipelineConfig, arrays: dict[str, Path], storage: Path, name: str = "classifier"
+    cfg: PipelineConfig,
+    arrays: dict[str, Path],
+    storage: Path,
+    name: str = "classifier",
+    callbacks: Sequence[UserCallback] = (),
 ) -> ray.train.Result:
-    """Train with ``cfg.classifier.num_workers`` DDP workers on the .npy arrays named in ``arrays``."""
+    """Train with ``cfg.classifier.num_workers`` DDP workers on the .npy arrays named in ``arrays``;
+    ``callbacks`` see every report too (a Tune trial passes ``TuneReportCallback``)."""
     c = cfg.classifier
     trainer = build_trainer(
         _worker_loop,
@@ -94,6 +98,6 @@ def train_on_ray(
             checkpoint_score_order="max",
         ),
         c.max_failures,
-        [EpochMetrics(storage, c.epochs, cfg.data.target_class)],
+        [EpochMetrics(storage, c.epochs, cfg.data.target_class), *callbacks],
     )
     return trainer.fit()

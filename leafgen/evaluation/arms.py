@@ -129,7 +129,8 @@ def _real_arms(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     return _train_arms(cfg, ctx, ("baseline", "balanced"), cache_split_arrays(cfg, ctx))
 
 
-def _augmented_arm(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+def mixed_arrays(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Path]:
+    """The split's cached arrays with the train set replaced by the ``mix`` stage's real + synthetic set."""
     arrays = cache_split_arrays(cfg, ctx)
     mixed = read_mix(ctx.run.root / ctx.inputs["mix"]["mix_csv"])
     arrays["train_images"] = ensure_cached(
@@ -141,7 +142,11 @@ def _augmented_arm(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     )
     with atomic.atomic_path(arrays["train_labels"]) as tmp:
         np.save(tmp, np.asarray([label for _, label, _, _ in mixed], dtype=np.int64))
-    return _train_arms(cfg, ctx, ("augmented",), arrays)
+    return arrays
+
+
+def _augmented_arm(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    return _train_arms(cfg, ctx, ("augmented",), mixed_arrays(cfg, ctx))
 
 
 _ARM_KEYS = ("classifier", "eval.seeds", "eval.balance", "data.target_class")

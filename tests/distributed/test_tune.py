@@ -1,0 +1,155 @@
+"""``leafgen tune`` on real Ray Tune: a tiny grid of 2 DreamBooth settings x 2 synthetic ratios, killed
+after its first finished trial and resumed by the same command. DreamBooth runs once per setting, no trial
+waits long in PENDING, every trial logs to TensorBoard, the test split plays no part in selection, and the
+exported best configuration runs with ``leafgen run``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from leafgen.cli import main
+from leafgen.stage_store import StageStore
+
+from .conftest import TINY_RUN
+from .test_pipeline import PIPELINE
+
+SEARCH = [
+    *PIPELINE,
+    "eval.seeds=[0]",
+    "dreambooth.num_workers=1",
+    "classifier.num_workers=1",
+    "tune.space={dreambooth.learning_rate: {choice: [0.0001, 0.001]},"
+    " mix.synthetic_ratio: {choice: [0.0, 1.0]}}",
+    "tune.search_alg=grid",
+    "tune.num_samples=1",
+    "tune.max_concurrent_trials=2",
+]
+
+
+@pytest.fixture(scope="module")
+def search(ray_cluster, model_dir, tmp_path_factory):
+    """A search SIGKILLed once its first trial finished, then completed: (run_dir, args, stdout)."""
+    import ray
+
+    run_dir = tmp_path_factory.mktemp("tune") / "search"
+    args = [*TINY_RUN, f"run_dir={run_dir}", f"base_model.name_or_path={model_dir}", *SEARCH]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "leafgen.cli", "tune", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    fits = run_dir / "stages" / "trial_fit"
+    deadline = time.monotonic() + 900
+    while not list(fits.glob("*/_complete.json")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert first.poll() is None, "the search ended before its first trial finished"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    finished = {p: p.stat().st_mtime_ns for p in fits.glob("*/_complete.json")}
+    assert len(finished) < 4
+    resumed = subprocess.run(
+        [sys.executable, "-m", "leafgen.cli", "tune", *args], env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished, "a finished trial was redone"
+    return run_dir, args, resumed.stdout
+
+
+def test_the_resumed_search_finishes_every_trial(search):
+    run_dir, _, out = search
+    assert "[tune] resuming the search in" in out
+    with open(run_dir / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED"}
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
+    grid = {(float(r["dreambooth.learning_rate"]), float(r["mix.synthetic_ratio"])) for r in rows}
+    assert grid == {(lr, ratio) for lr in (0.0001, 0.001) for ratio in (0.0, 1.0)}
+    assert all(r["val/target_recall"] != "" for r in rows)
+    assert {int(r["synthetic_images"]) > 0 for r in rows} == {True, False}  # ratio 0 adds none
+
+
+def test_dreambooth_ran_once_per_setting_and_each_stage_once_per_key(search):
+    run_dir, _, _ = search
+    store = StageStore(run_dir / "stages")
+    for stage, times in (
+        ("dreambooth", 2),
+        ("generate", 2),
+        ("gate", 2),
+        ("trial_fit", 4),
+        ("classifier", 1),
+    ):
+        runs = store.computed(stage)
+        assert len(runs) == times, (stage, runs)
+        assert len({r["key"] for r in runs}) == times
+    trials = sorted((run_dir / "trials").iterdir())
+    assert len(trials) == 4
+    assert len({(t / "dreambooth").resolve() for t in trials}) == 2
+    assert len({(t / "trial_fit").resolve() for t in trials}) == 4
+
+
+def test_no_trial_waited_long_and_every_trial_logged_to_tensorboard(search):
+    run_dir, _, _ = search
+    waited = json.loads((run_dir / "pending.json").read_text())
+    assert len(waited) >= 4 and max(waited.values()) < 60, waited
+    trial_dirs = [p for p in (run_dir / "tune" / "search").iterdir() if p.is_dir()]
+    assert len(trial_dirs) == 4
+    for trial in trial_dirs:
+        assert list(trial.glob("events.out.tfevents.*")), trial.name
+
+
+def test_selection_never_touches_the_test_split(search):
+    run_dir, _, _ = search
+    for fit in (run_dir / "stages" / "trial_fit").glob("*/"):
+        assert not list(fit.rglob("test_probs.npy")), fit
+        metrics = json.loads((fit / "metrics.json").read_text())
+        assert metrics["val"] and not any(k.startswith("test") for k in metrics["val"])
+
+
+def test_the_best_config_is_tested_over_seeds_and_runs_with_leafgen_run(search, capsys):
+    run_dir, _, out = search
+    best_yaml = run_dir / "best_config.yaml"
+    assert str(best_yaml) in out and str(run_dir / "report" / "report.html") in out
+    comparison = json.loads((run_dir / "best" / "evaluate" / "comparison.json").read_text())
+    assert comparison["arms"] == ["baseline", "balanced", "augmented"] and comparison["seeds"] == [0]
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "held-out test split" in report and "objective_vs_mix_synthetic_ratio.png" in report
+    assert (run_dir / "report" / "objective_vs_dreambooth_learning_rate.png").is_file()
+    capsys.readouterr()
+    assert main(["run", "--config", str(best_yaml)]) == 0
+    assert "[report] skipped (up to date)" in capsys.readouterr().out
+
+
+def _plan(*overrides, resources):
+    from leafgen.config import load_config
+    from leafgen.distributed.tune import plan_trials
+    from leafgen.tuning.space import parse_space
+    from leafgen.tuning.trial import TRIAL_STAGES
+
+    cfg = load_config(None, ["tune.space={mix.synthetic_ratio: {choice: [0, 1]}}", *overrides])
+    return plan_trials(cfg, parse_space(cfg, TRIAL_STAGES), resources)
+
+
+def test_trials_get_a_share_that_holds_their_largest_worker_group():
+    assert _plan(resources={"CPU": 2}) == {"concurrent": 1, "cpus": 2, "gpus": None}
+    two = _plan("tune.max_concurrent_trials=2", resources={"CPU": 4})
+    assert two == {"concurrent": 2, "cpus": 2, "gpus": None}
+    # On GPUs: as many trials as the largest worker group fits, each with its GPUs.
+    gpus = _plan("dreambooth.num_workers=2", resources={"CPU": 16, "GPU": 8})
+    assert gpus == {"concurrent": 4, "cpus": 4, "gpus": 2}
+
+
+def test_a_share_too_small_for_a_trial_is_refused_before_it_could_wait_forever():
+    from leafgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="leaves each trial 1 CPU.*2 workers.*wait forever"):
+        _plan("tune.max_concurrent_trials=2", "classifier.num_workers=2", resources={"CPU": 2})

@@ -1,0 +1,88 @@
+"""The search space is checked before any trial starts, with the key named in every error."""
+
+from __future__ import annotations
+
+import pytest
+
+from leafgen.config import load_config
+from leafgen.errors import ConfigError
+from leafgen.tuning.search import shared_prefix
+from leafgen.tuning.space import apply_values, parse_space
+from leafgen.tuning.trial import TRIAL_STAGES
+
+
+def _space(space: str, *more: str):
+    return load_config(None, [f"tune.space={space}", *more])
+
+
+def test_a_valid_space_parses_into_params():
+    cfg = _space(
+        "{dreambooth.learning_rate: {loguniform: [1.0e-6, 1.0e-4]},"
+        " mix.synthetic_ratio: {choice: [0, 0.5, 1]},"
+        " dreambooth.max_train_steps: {randint: [100, 400]},"
+        " dreambooth.train_text_encoder: {choice: [true, false]}}"
+    )
+    params = {p.key: p for p in parse_space(cfg, TRIAL_STAGES)}
+    assert params["dreambooth.learning_rate"].kind == "loguniform"
+    assert params["mix.synthetic_ratio"].args == (0, 0.5, 1)
+    assert params["dreambooth.max_train_steps"].values == (100, 399)
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ("{}", "tune.space is empty"),
+        (
+            "{dreambooth.learnig_rate: {choice: [1]}}",
+            "tune.space.dreambooth.learnig_rate: no such config key",
+        ),
+        ("{data.split_seed: {choice: [0, 1]}}", "cannot be searched"),
+        ("{eval.seeds: {choice: [[0], [1]]}}", "cannot be searched"),
+        ("{mix.synthetic_ratio: {normal: [0, 1]}}", "unknown domain 'normal'"),
+        ("{mix.synthetic_ratio: {uniform: [2, 1]}}", "low must be below high"),
+        ("{dreambooth.learning_rate: {loguniform: [0, 1]}}", "bounds must be > 0"),
+        ("{mix.synthetic_ratio: {choice: [0, -1]}}", r"value -1.*mix.synthetic_ratio: must be >= 0"),
+        ("{dreambooth.max_train_steps: {choice: [10, ten]}}", "expected an integer"),
+        ("{mix.synthetic_ratio: [0, 1]}", "expected one of"),
+    ],
+)
+def test_bad_spaces_name_the_key(space, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_space(_space(space), TRIAL_STAGES)
+
+
+def test_grid_search_takes_choices_only():
+    cfg = _space("{mix.synthetic_ratio: {uniform: [0, 1]}}", "tune.search_alg=grid")
+    with pytest.raises(ConfigError, match="grid search takes"):
+        parse_space(cfg, TRIAL_STAGES)
+
+
+def test_a_setting_no_trial_stage_reads_is_refused():
+    # The drift probe is not part of a trial, so a drift-only key cannot move the objective.
+    with pytest.raises(ConfigError, match="no stage of a trial reads"):
+        parse_space(_space("{generate.adapter: {choice: [a, b]}}"), TRIAL_STAGES)
+
+
+def test_apply_values_validates_the_whole_config():
+    cfg = apply_values(load_config(), {"mix.synthetic_ratio": 0.5, "dreambooth.learning_rate": 1e-5})
+    assert cfg.mix.synthetic_ratio == 0.5 and cfg.dreambooth.learning_rate == 1e-5
+    with pytest.raises(ConfigError, match="dreambooth.instance_prompt"):
+        apply_values(load_config(), {"dreambooth.identifier_token": "<other>"})
+
+
+def test_stages_no_searched_key_reaches_run_once_before_the_trials():
+    params = parse_space(_space("{dreambooth.learning_rate: {choice: [1.0e-5, 1.0e-4]}}"), TRIAL_STAGES)
+    assert [s.name for s in shared_prefix(TRIAL_STAGES, params)] == [
+        "dataset",
+        "split",
+        "classifier",
+        "class_images",
+    ]
+    params = parse_space(_space("{classifier.learning_rate: {choice: [0.001, 0.01]}}"), TRIAL_STAGES)
+    assert [s.name for s in shared_prefix(TRIAL_STAGES, params)] == ["dataset", "split"]
+
+
+def test_the_shipped_search_config_parses():
+    cfg = load_config("configs/tune.yaml")
+    keys = [p.key for p in parse_space(cfg, TRIAL_STAGES)]
+    assert "mix.synthetic_ratio" in keys and "dreambooth.learning_rate" in keys
