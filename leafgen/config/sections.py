@@ -243,6 +243,14 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if not self.run_dir:
             raise FieldError("run_dir", "must not be empty")
+        if "://" in self.run_dir:
+            raise FieldError(
+                "run_dir",
+                f"{self.run_dir!r}: stages read and write their folders as files, so run_dir must be a path "
+                "every node sees (an NFS/EFS/Filestore mount, or a bucket mounted with mountpoint-s3 or "
+                "gcsfuse); an object-store URI is accepted for tune.storage_path, which Ray writes through "
+                "pyarrow.fs",
+            )
         if self.dreambooth.identifier_token not in self.dreambooth.instance_prompt:
             raise FieldError(
                 "dreambooth.instance_prompt",
