@@ -35,7 +35,11 @@ def _free_port() -> int:
 
 def _node_args(cpus: int) -> dict:
     # Own agent ports: another Ray instance of this test session may hold the defaults.
-    return {"num_cpus": cpus, "dashboard_agent_listen_port": _free_port(), "metrics_export_port": _free_port()}
+    return {
+        "num_cpus": cpus,
+        "dashboard_agent_listen_port": _free_port(),
+        "metrics_export_port": _free_port(),
+    }
 
 
 @pytest.fixture
