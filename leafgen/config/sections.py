@@ -188,6 +188,13 @@ class TuneConfig:
         positive("max_concurrent_trials", self.max_concurrent_trials)
         if not self.name or "/" in self.name:
             raise FieldError("name", f"must be a non-empty folder name, got {self.name!r}")
+        for name in ("metric", "tie_breaker"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith("val/"):
+                raise FieldError(
+                    name,
+                    f"must be a validation metric (val/...), got {value!r}: trials never see the test split",
+                )
 
 
 @dataclass

@@ -118,9 +118,8 @@ def _search(cfg: PipelineConfig, concurrent: int):
 def _scheduler(cfg: PipelineConfig, params: list[Param]):
     if cfg.tune.scheduler == "fifo":
         return FIFOScheduler()
-    epochs = max(
-        [cfg.classifier.epochs, *(v for p in params if p.key == "classifier.epochs" for v in p.values)]
-    )
+    searched = [v for p in params if p.key == "classifier.epochs" for v in p.values]
+    epochs = max(searched) if searched else cfg.classifier.epochs
     # "epoch" is the classifier's 1-based epoch; the trial's closing report has none, so ASHA ignores it
     # and never stops a trial that is only writing its summary.
     return ASHAScheduler(

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -52,3 +57,24 @@ def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny"
     build_pipeline(tiny_architecture(), seed=0).save_pretrained(path, safe_serialization=True)
     return path
+
+
+def kill_once(command: str, args: list[str], ready: Callable[[], bool], what: str) -> dict[str, str]:
+    """Run ``leafgen <command> <args>`` as a subprocess joined to the shared Ray instance and SIGKILL it
+    once ``ready()`` holds (``what`` names that moment); returns the environment to rerun it with."""
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "leafgen.cli", command, *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 900
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, f"the {command} run ended before {what}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return env

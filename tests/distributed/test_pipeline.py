@@ -9,10 +9,7 @@ import csv
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,7 @@ from leafgen.cli import main
 from leafgen.data.split import read_split
 from leafgen.pipeline import STAGES
 
-from .conftest import TINY_RUN
+from .conftest import TINY_RUN, kill_once
 
 PIPELINE = [
     "base_model.resolution=16",
@@ -55,26 +52,12 @@ def _mtimes(run_dir, names):
 
 @pytest.fixture(scope="module")
 def pipeline_run(ray_cluster, data_run, model_dir, tmp_path_factory):
-    """A run killed while the arms train, then finished by the same command: (run_dir, args, stdout)."""
-    import ray
-
+    """A run killed while the arms train, then finished by the same command: (run_dir, args)."""
     run_dir = tmp_path_factory.mktemp("pipe") / "run"
     shutil.copytree(data_run, run_dir)
     args = [*TINY_RUN, f"run_dir={run_dir}", f"base_model.name_or_path={model_dir}", *PIPELINE]
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "leafgen.cli", "run", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     training = run_dir / "arms" / "balanced" / "seed_0" / "ray"
-    deadline = time.monotonic() + 900
-    while not training.is_dir() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert first.poll() is None, "the first run ended before the arms stage started"
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    kill_once("run", args, training.is_dir, "the arms stage started")
     finished = [s.name for s in STAGES[: [s.name for s in STAGES].index("arms")]]
     before = _mtimes(run_dir, finished)
     assert not (run_dir / "arms" / "_complete.json").exists()

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from leafgen.cli import main
 from leafgen.stage_store import StageStore
 
-from .conftest import TINY_RUN
+from .conftest import TINY_RUN, kill_once
 from .test_pipeline import PIPELINE
 
 SEARCH = [
@@ -37,24 +34,12 @@ SEARCH = [
 @pytest.fixture(scope="module")
 def search(ray_cluster, model_dir, tmp_path_factory):
     """A search SIGKILLed once its first trial finished, then completed: (run_dir, args, stdout)."""
-    import ray
-
     run_dir = tmp_path_factory.mktemp("tune") / "search"
     args = [*TINY_RUN, f"run_dir={run_dir}", f"base_model.name_or_path={model_dir}", *SEARCH]
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "leafgen.cli", "tune", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     fits = run_dir / "stages" / "trial_fit"
-    deadline = time.monotonic() + 900
-    while not list(fits.glob("*/_complete.json")) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert first.poll() is None, "the search ended before its first trial finished"
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    env = kill_once(
+        "tune", args, lambda: bool(list(fits.glob("*/_complete.json"))), "its first trial finished"
+    )
     finished = {p: p.stat().st_mtime_ns for p in fits.glob("*/_complete.json")}
     assert len(finished) < 4
     resumed = subprocess.run(
@@ -153,3 +138,26 @@ def test_a_share_too_small_for_a_trial_is_refused_before_it_could_wait_forever()
 
     with pytest.raises(ConfigError, match="leaves each trial 1 CPU.*2 workers.*wait forever"):
         _plan("tune.max_concurrent_trials=2", "classifier.num_workers=2", resources={"CPU": 2})
+
+
+def test_searcher_and_scheduler_follow_the_config():
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from leafgen.config import load_config
+    from leafgen.distributed.tune import _scheduler, _search
+    from leafgen.tuning.space import parse_space
+    from leafgen.tuning.trial import TRIAL_STAGES
+
+    space = "tune.space={classifier.epochs: {choice: [4, 6]}}"
+    cfg = load_config(None, [space, "tune.search_alg=optuna", "tune.scheduler=asha", "tune.grace_period=2"])
+    searcher = _search(cfg, 3)
+    assert isinstance(searcher, ConcurrencyLimiter) and searcher.max_concurrent == 3
+    assert isinstance(searcher.searcher, OptunaSearch)
+    asha = _scheduler(cfg, parse_space(cfg, TRIAL_STAGES))
+    # Counted in classifier epochs, up to the largest searched epoch count.
+    assert isinstance(asha, ASHAScheduler) and asha._time_attr == "epoch" and asha._max_t == 6
+    assert asha._stop_last_trials is False
+    basic = _search(load_config(None, [space]), 2)
+    assert isinstance(basic, BasicVariantGenerator) and basic.max_concurrent == 2

@@ -86,3 +86,10 @@ def test_the_shipped_search_config_parses():
     cfg = load_config("configs/tune.yaml")
     keys = [p.key for p in parse_space(cfg, TRIAL_STAGES)]
     assert "mix.synthetic_ratio" in keys and "dreambooth.learning_rate" in keys
+
+
+def test_the_objective_must_be_a_validation_metric():
+    with pytest.raises(ConfigError, match="tune.metric: must be a validation metric"):
+        load_config(None, ["tune.metric=test/accuracy"])
+    with pytest.raises(ConfigError, match="tune.tie_breaker: must be a validation metric"):
+        load_config(None, ["tune.tie_breaker=accuracy"])
