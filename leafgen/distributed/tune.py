@@ -199,7 +199,6 @@ def run_tuner(cfg: PipelineConfig, params: list[Param], root: Path, storage: str
                 failure_config=tune.FailureConfig(max_failures=cfg.classifier.max_failures),
             ),
         )
-    grid = tuner.fit()
     return [
         TrialRow(
             trial_id=(r.metrics or {}).get("trial_id") or Path(r.path).name,
@@ -207,5 +206,5 @@ def run_tuner(cfg: PipelineConfig, params: list[Param], root: Path, storage: str
             values={p.key: r.config.get(p.key) for p in params},
             metrics=dict(r.metrics or {}),
         )
-        for r in grid
+        for r in tuner.fit()
     ]

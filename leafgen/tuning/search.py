@@ -90,6 +90,7 @@ def run_search(
 
     storage = cfg.tune.storage_path or str(root / "tune")
     rows = run_tuner(cfg, params, root, storage)
+    log(f"[tune] every trial's curves: tensorboard --logdir {storage.rstrip('/')}/{cfg.tune.name}")
     best = best_trial(rows, cfg.tune)
     header, ranked = table(rows, params, cfg.tune)
     results_csv = write_csv(header, ranked, root / "results.csv")
