@@ -52,7 +52,7 @@ class StageStore:
         with FileLock(str(target.parent / f"{key}.lock")):
             target.mkdir(exist_ok=True)
             _link(run.stage_dir(stage.name), target)
-            result = run_stage(stage, cfg, run, force=force)
+            result = run_stage(stage, cfg, run, force=force, key=key)
             if not result.skipped:
                 # Which run computed which key, one short line each: the audit of what was shared.
                 with open(target.parent / RUNS_LOG, "a") as fh:

@@ -107,9 +107,12 @@ def stage_key(stage: Stage, cfg: PipelineConfig, run: RunDir) -> str:
     )
 
 
-def run_stage(stage: Stage, cfg: PipelineConfig, run: RunDir, force: bool = False) -> StageResult:
-    """Run ``stage`` unless its completion marker matches; returns what it produced."""
-    key = stage_key(stage, cfg, run)
+def run_stage(
+    stage: Stage, cfg: PipelineConfig, run: RunDir, force: bool = False, key: str | None = None
+) -> StageResult:
+    """Run ``stage`` unless its completion marker matches; returns what it produced. ``key``: the stage
+    key when the caller already computed it (it may hash outside inputs, so it is computed once)."""
+    key = key or stage_key(stage, cfg, run)
     directory = run.stage_dir(stage.name)
     if directory.is_symlink() and directory.resolve().name != key:
         # A link into a stage store (leafgen.stage_store) that holds another key's outputs: never write
