@@ -144,18 +144,24 @@ class PendingWatch(tune.Callback):
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
         for trial in trials:
-            if trial.status == "PENDING":
-                waited = now - self.first_seen.setdefault(trial.trial_id, now)
-                if waited > self.limit_s and trial.trial_id not in self.warned:
-                    self.warned.add(trial.trial_id)
-                    print(
-                        f"[tune] trial {trial.trial_id} has waited {waited:.0f}s for resources; lower "
-                        "tune.max_concurrent_trials or the workers per stage",
-                        flush=True,
-                    )
-            elif trial.trial_id in self.first_seen:
-                self.waited[trial.trial_id] = now - self.first_seen.pop(trial.trial_id)
-                atomic.write_json(self.path, self.waited)
+            if trial.status != "PENDING":
+                continue
+            waited = now - self.first_seen.setdefault(trial.trial_id, now)
+            if waited > self.limit_s and trial.trial_id not in self.warned:
+                self.warned.add(trial.trial_id)
+                print(
+                    f"[tune] trial {trial.trial_id} has waited {waited:.0f}s for resources; lower "
+                    "tune.max_concurrent_trials or the workers per stage",
+                    flush=True,
+                )
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # A trial can be created and started within one step, never seen PENDING: it waited ~0 s, and
+        # it must still be on record. A restarted trial keeps its longest wait.
+        now = time.monotonic()
+        waited = now - self.first_seen.pop(trial.trial_id, now)
+        self.waited[trial.trial_id] = max(waited, self.waited.get(trial.trial_id, 0.0))
+        atomic.write_json(self.path, self.waited)
 
 
 def run_tuner(cfg: PipelineConfig, params: list[Param], root: Path, storage: str) -> list[TrialRow]:

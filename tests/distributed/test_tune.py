@@ -161,3 +161,21 @@ def test_searcher_and_scheduler_follow_the_config():
     assert asha._stop_last_trials is False
     basic = _search(load_config(None, [space]), 2)
     assert isinstance(basic, BasicVariantGenerator) and basic.max_concurrent == 2
+
+
+def test_pending_watch_records_every_started_trial_even_one_never_seen_pending(tmp_path):
+    from ray.tune.experiment import Trial
+
+    from leafgen.distributed.tune import PendingWatch
+
+    waited_path = tmp_path / "pending.json"
+    watch = PendingWatch(waited_path)
+    queued, immediate = Trial("leafgen_trial", stub=True), Trial("leafgen_trial", stub=True)
+    watch.on_step_begin(0, [queued])
+    watch.on_trial_start(1, [queued, immediate], immediate)  # created and started within one step
+    watch.on_trial_start(1, [queued, immediate], queued)
+    waited = json.loads(waited_path.read_text())
+    assert set(waited) == {queued.trial_id, immediate.trial_id}
+    assert waited[immediate.trial_id] == 0.0 and waited[queued.trial_id] >= 0.0
+    # A resumed search keeps what was on record.
+    assert PendingWatch(waited_path).waited == waited
