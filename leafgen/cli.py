@@ -10,6 +10,13 @@ from pathlib import Path
 from leafgen.errors import LeafgenError
 
 
+def _run_root(cfg) -> Path:
+    """Where this machine reads the run: ``run_dir``, or its local mirror when it is a URI."""
+    from leafgen.stages import RunDir
+
+    return RunDir(cfg.run_dir).root
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML config (configs/demo.yaml is the embedded default)")
     p.add_argument(
@@ -28,9 +35,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     run_pipeline(cfg, only=args.only or (), start=args.start, force=args.force, argv=sys.argv)
-    print_data_summary(Path(cfg.run_dir))
-    print_classifier_summary(Path(cfg.run_dir))
-    print_comparison_summary(Path(cfg.run_dir))
+    root = _run_root(cfg)
+    print_data_summary(root)
+    print_classifier_summary(root)
+    print_comparison_summary(root)
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
@@ -51,7 +59,7 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     run_pipeline(cfg, only=("dataset", "split", "classifier"), force=args.force, argv=sys.argv)
-    print_classifier_summary(Path(cfg.run_dir))
+    print_classifier_summary(_run_root(cfg))
 
 
 def _run_stage_group(args: argparse.Namespace, group: str, targets: tuple[str, ...]) -> Path:
@@ -65,7 +73,7 @@ def _run_stage_group(args: argparse.Namespace, group: str, targets: tuple[str, .
     before = tuple(s.name for s in stages if s.name not in targets)
     pipeline.run_pipeline(cfg, only=before, argv=sys.argv, stages=stages)
     pipeline.run_pipeline(cfg, only=targets, force=args.force, argv=sys.argv, stages=stages)
-    return Path(cfg.run_dir)
+    return _run_root(cfg)
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
@@ -88,11 +96,11 @@ def _cmd_probe_drift(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     run_pipeline(cfg, only=("dataset", "split", "judge"), argv=sys.argv)
-    after = args.after or Path(cfg.run_dir) / "dreambooth" / "model"
+    after = args.after or _run_root(cfg) / "dreambooth" / "model"
     if not Path(after).exists():
         raise LeafgenError(f"{after} does not exist: pass --after, or run leafgen dreambooth first")
     before = args.before or cfg.base_model.name_or_path
-    out = args.out or Path(cfg.run_dir) / "drift"
+    out = args.out or _run_root(cfg) / "drift"
     settings = DriftSettings(samples=args.samples, steps=args.steps, guidance=args.guidance)
     print(format_drift(probe_run(cfg, before, str(after), out, settings)))
     print(f"grids and {out / 'drift.json'} written")

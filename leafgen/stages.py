@@ -20,6 +20,7 @@ from typing import Any
 from leafgen import atomic, provenance
 from leafgen.config import PipelineConfig, dump_yaml, fingerprint, select
 from leafgen.errors import StageError
+from leafgen.run_storage import RunStorage
 
 COMPLETE = "_complete.json"
 STARTED = "_started.json"
@@ -62,17 +63,24 @@ class StageResult:
 
 
 class RunDir:
-    """A run directory: one folder per stage, plus ``config.yaml`` and ``provenance.json``."""
+    """A run directory: one folder per stage, plus ``config.yaml`` and ``provenance.json``. When the run
+    lives on object storage, ``root`` is this node's mirror of it (see :mod:`leafgen.run_storage`)."""
 
     def __init__(self, root: str | Path):
+        self.storage = RunStorage.open(str(root))
         # Absolute, since Ray workers run in other working directories.
-        self.root = Path(root).expanduser().resolve()
+        self.root = self.storage.local
 
     def stage_dir(self, name: str) -> Path:
         return self.root / name
 
     def marker(self, name: str) -> dict[str, Any] | None:
         path = self.stage_dir(name) / COMPLETE
+        if self.storage.remote:
+            # The run's copy decides: a marker only this mirror holds was never pushed, so is not done.
+            if not self.storage.exists(path):
+                path.unlink(missing_ok=True)
+            self.storage.pull(path)
         if not path.is_file():
             return None
         try:
@@ -85,6 +93,8 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic.write_text(self.root / "config.yaml", dump_yaml(cfg))
         atomic.write_json(self.root / "provenance.json", provenance.collect(argv))
+        for name in ("config.yaml", "provenance.json"):
+            self.storage.push(self.root / name)
 
 
 def stage_key(stage: Stage, cfg: PipelineConfig, run: RunDir) -> str:
@@ -119,26 +129,38 @@ def run_stage(
         # through it, the store entry belongs to other runs.
         directory.unlink()
     marker = run.marker(stage.name)
+    storage = run.storage
     if marker is not None and marker["key"] == key and not force:
+        storage.pull(directory)  # a fresh mirror gets the stage's files for the stages after it
         return StageResult(stage.name, True, 0.0, marker["outputs"])
 
     if stage.check is not None:
         stage.check(cfg)
     started = directory / STARTED
+    storage.pull(started)
     resumable = started.is_file() and json.loads(started.read_text()).get("key") == key and not force
     if directory.exists() and not resumable:
         _empty(directory)
+    if resumable:
+        storage.pull(directory)  # what the interrupted attempt kept: checkpoints, finished images
+    else:
+        storage.delete(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic.write_json(started, {"key": key})
+    storage.push(started)
+    for name in stage.inputs:
+        storage.pull(run.stage_dir(name))
 
     inputs = {name: run.marker(name)["outputs"] for name in stage.inputs}  # type: ignore[index]
     t0 = time.perf_counter()
     outputs = stage.fn(cfg, StageContext(run=run, dir=directory, inputs=inputs)) or {}
     seconds = time.perf_counter() - t0
+    storage.pull(directory)  # files that workers on other nodes wrote and pushed
     atomic.write_json(
         directory / COMPLETE, {"key": key, "stage": stage.name, "seconds": seconds, "outputs": outputs}
     )
     started.unlink(missing_ok=True)
+    storage.push(directory, exact=True)
     return StageResult(stage.name, False, seconds, outputs)
 
 

@@ -225,7 +225,9 @@ class RayConfig:
 @dataclass
 class PipelineConfig:
     run_dir: str = "runs/demo"
-    """Directory (or shared-storage URI) that holds every stage's outputs, config.yaml and provenance.json."""
+    """Holds every stage's outputs, config.yaml and provenance.json: a path (on a cluster, one every node
+    mounts) or an object-store URI such as ``s3://bucket/runs/demo``, mirrored on each node
+    (:mod:`leafgen.run_storage`)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Dataset, split and image policy."""
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -250,14 +252,6 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if not self.run_dir:
             raise FieldError("run_dir", "must not be empty")
-        if "://" in self.run_dir:
-            raise FieldError(
-                "run_dir",
-                f"{self.run_dir!r}: stages read and write their folders as files, so run_dir must be a path "
-                "every node sees (an NFS/EFS/Filestore mount, or a bucket mounted with mountpoint-s3 or "
-                "gcsfuse); an object-store URI is accepted for tune.storage_path, which Ray writes through "
-                "pyarrow.fs",
-            )
         if self.dreambooth.identifier_token not in self.dreambooth.instance_prompt:
             raise FieldError(
                 "dreambooth.instance_prompt",

@@ -40,7 +40,14 @@ def _class_images(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
         prefix="class",
     )
     table = generate_on_ray(
-        prompt_table(spec), engine_settings(cfg), ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads
+        prompt_table(spec),
+        engine_settings(cfg),
+        ctx.dir,
+        g.batch_size,
+        cfg.ray,
+        g.num_actors,
+        g.cpu_threads,
+        run=ctx.run.storage,
     )
     save_grid([ctx.dir / f for f in table.column("file").to_pylist()], ctx.dir / "samples.png")
     return {"manifest": f"{ctx.dir.name}/{MANIFEST_FILE}", "images": table.num_rows}

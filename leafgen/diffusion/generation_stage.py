@@ -111,7 +111,14 @@ def _generate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     else:
         rows = prompt_table(table_spec(cfg), train_sources(cfg, ctx) if g.mode == "img2img" else [])
     table = generate_on_ray(
-        rows, engine_settings(cfg, adapter), ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads
+        rows,
+        engine_settings(cfg, adapter),
+        ctx.dir,
+        g.batch_size,
+        cfg.ray,
+        g.num_actors,
+        g.cpu_threads,
+        run=ctx.run.storage,
     )
     save_grid([ctx.dir / f for f in table.column("file").to_pylist()], ctx.dir / "samples.png")
     seconds = sum(table.column("seconds").to_pylist())

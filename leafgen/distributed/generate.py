@@ -13,7 +13,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, DataContext
@@ -22,10 +24,35 @@ from tqdm.auto import tqdm
 from leafgen.config import RayConfig
 from leafgen.diffusion.adapters import EngineSettings
 from leafgen.diffusion.generator import ImageGenerator
-from leafgen.diffusion.manifest import finalize, finished_ids
+from leafgen.diffusion.manifest import PARTS_DIR, finalize, finished_ids, image_file
 from leafgen.diffusion.prompt_table import Row
 from leafgen.distributed.runtime import job_resources
 from leafgen.errors import LeafgenError
+from leafgen.run_storage import RunStorage
+
+
+class RunImageGenerator(ImageGenerator):
+    """An :class:`ImageGenerator` for a run kept on object storage: it reads the model, adapter and
+    img2img sources from this node's mirror of the run, and pushes each batch's images, then its manifest
+    part, as soon as they are written, so the driver (on any node) finds them and a rerun skips them."""
+
+    def __init__(self, engine: dict[str, Any], out_dir: str, run_dir: str, threads: int | None = None):
+        self.run = RunStorage.open(run_dir)
+        paths = {k: str(self.run.localize(engine[k])) for k in ("base_model", "adapter") if engine.get(k)}
+        super().__init__({**engine, **paths}, str(self.run.localize(out_dir)), threads)
+        self.settings = EngineSettings(**engine)  # the manifest names the driver's paths
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "source_path" in batch:
+            batch = {**batch, "source_path": np.array([self._source(p) for p in batch["source_path"]])}
+        done = super().__call__(batch)
+        for image_id in done["id"]:
+            self.run.push(image_file(self.out_dir, str(image_id)))
+        self.run.push(self.out_dir / PARTS_DIR)
+        return done
+
+    def _source(self, path: Any) -> str:
+        return str(self.run.localize(path)) if path else path
 
 
 def actor_plan(resources: dict[str, float], num_actors: int | None, cpu_threads: int) -> tuple[int, dict]:
@@ -48,9 +75,12 @@ def generate_on_ray(
     num_actors: int | None = None,
     cpu_threads: int = 2,
     progress: bool = True,
+    run: RunStorage | None = None,
 ) -> pa.Table:
-    """Generate every row not already finished in ``out_dir``; returns the manifest of all ``rows``."""
+    """Generate every row not already finished in ``out_dir``; returns the manifest of all ``rows``.
+    ``run``: the run ``out_dir`` belongs to, when it is kept on object storage."""
     out_dir = Path(out_dir).expanduser().resolve()
+    remote = run is not None and run.remote
     ids = [row["id"] for row in rows]
     if len(set(ids)) != len(ids):
         raise LeafgenError("the prompt table repeats image ids; every row needs its own id")
@@ -65,11 +95,12 @@ def generate_on_ray(
         DataContext.get_current().enable_progress_bars = False
         # One block per batch: Ray Data then hands each actor whole batches without re-bundling rows.
         dataset = ray.data.from_items(todo, override_num_blocks=batches).map_batches(
-            ImageGenerator,
+            RunImageGenerator if remote else ImageGenerator,
             fn_constructor_kwargs={
                 "engine": asdict(engine),
                 "out_dir": str(out_dir),
                 "threads": per_actor.get("num_cpus"),
+                **({"run_dir": run.uri} if remote else {}),
             },
             batch_size=batch_size,
             batch_format="numpy",
@@ -81,4 +112,6 @@ def generate_on_ray(
         ) as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(len(batch["id"]))
+        if remote:
+            run.pull(out_dir)
     return finalize(out_dir, rows)

@@ -2,9 +2,11 @@
 
 On the driver, ``build_trainer`` fits a ``TorchTrainer`` to the cluster: a GPU per worker (NCCL) when the
 cluster has GPUs, else the node's CPUs split between the workers (gloo), with checkpoints, restarts of a
-killed worker group and quiet logs. In each worker, ``worker_session`` rebuilds the typed config and
-yields what a library training loop needs: its ``WorkerContext``, a ``report`` that calls
-``ray.train.report`` and the checkpoint to resume from, if any.
+killed worker group and quiet logs; checkpoints go where the run lives (its bucket, when ``run_dir`` is
+a URI). In each worker, ``worker_session`` rebuilds the typed config and yields what a library training
+loop needs: its ``WorkerContext``, this node's view of the run (``RunStorage``, to pull inputs) and the
+checkpoint to resume from, if any; ``reporter`` gives the loop a ``report`` that calls
+``ray.train.report``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from leafgen.config import PipelineConfig, from_dict
 from leafgen.distributed.runtime import job_resources, quiet_train_report_log
+from leafgen.run_storage import RunStorage
 from leafgen.worker import WorkerContext
 
 HISTORY_FILE = "history.jsonl"
@@ -72,14 +75,26 @@ class RankZeroLog(UserCallback):
         raise NotImplementedError
 
 
-def report_to_ray(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-    ckpt = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
-    ray.train.report(metrics, checkpoint=ckpt)
+def reporter(storage: RunStorage) -> Callable[[dict[str, Any], Path | None], None]:
+    """The ``report`` a library loop calls in a worker: files of the run that a metric names (a
+    validation grid) are pushed first, so the driver can read them wherever this worker runs."""
+
+    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        for value in metrics.values():
+            if isinstance(value, str) and storage.remote and Path(value).is_relative_to(storage.local):
+                storage.push(Path(value))
+        ckpt = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    return report
 
 
 @contextlib.contextmanager
-def worker_session(config: dict[str, Any]) -> Iterator[tuple[PipelineConfig, WorkerContext, Path | None]]:
-    """Inside a Ray Train worker: (config, worker context, checkpoint folder to resume from or None)."""
+def worker_session(
+    config: dict[str, Any],
+) -> Iterator[tuple[PipelineConfig, WorkerContext, RunStorage, Path | None]]:
+    """Inside a Ray Train worker: (config, worker context, this node's view of the run directory,
+    checkpoint folder to resume from or None)."""
     quiet_train_report_log()
     cfg = from_dict(PipelineConfig, config["cfg"])
     ctx = ray.train.get_context()
@@ -90,7 +105,7 @@ def worker_session(config: dict[str, Any]) -> Iterator[tuple[PipelineConfig, Wor
     worker = WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), device, prepare_model)
     latest = ray.train.get_checkpoint()
     with latest.as_directory() if latest else contextlib.nullcontext() as resume_dir:
-        yield cfg, worker, Path(resume_dir) if resume_dir else None
+        yield cfg, worker, RunStorage.open(cfg.run_dir), Path(resume_dir) if resume_dir else None
 
 
 def build_trainer(
@@ -104,9 +119,12 @@ def build_trainer(
     max_failures: int,
     callbacks: Sequence[UserCallback],
 ) -> TorchTrainer:
-    """A TorchTrainer of ``num_workers`` DDP workers running ``loop`` with ``cfg`` and ``loop_config``."""
+    """A TorchTrainer of ``num_workers`` DDP workers running ``loop`` with ``cfg`` and ``loop_config``.
+    Ray keeps its checkpoints at ``storage``, on the run's object storage when it has one; the driver's
+    callbacks write beside them in this node's mirror."""
     resources = job_resources(cfg.ray)
     storage.mkdir(parents=True, exist_ok=True)
+    storage_path, storage_fs = RunStorage.open(cfg.run_dir).ray_storage(storage)
     use_gpu = resources.get("GPU", 0) >= 1
     cpus_per_worker = 1 if use_gpu else max(1, int(resources.get("CPU", 1)) // num_workers)
     return TorchTrainer(
@@ -120,7 +138,8 @@ def build_trainer(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage.resolve()),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             checkpoint_config=checkpoint_config,
             failure_config=FailureConfig(max_failures=max_failures),
             callbacks=list(callbacks),

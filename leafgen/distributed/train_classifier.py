@@ -1,9 +1,10 @@
 """The classifier on Ray Train: DDP workers run the library loop, the driver keeps checkpoints.
 
-Only wiring lives here: the cached image arrays are handed to workers by path (memory-mapped, so workers
-on one node share them), ``ScalingConfig`` picks GPUs when the cluster has them, ``CheckpointConfig``
-keeps the best checkpoints by a validation metric and ``FailureConfig`` restarts killed workers from the
-last one. Rerunning with the same storage path and run name resumes an interrupted run (Ray Train V2).
+Only wiring lives here: the cached image arrays are handed to workers by path (memory-mapped, so workers on
+one node share them; pushed to the run's bucket and pulled per node when ``run_dir`` is a URI),
+``ScalingConfig`` picks GPUs when the cluster has them, ``CheckpointConfig`` keeps the best checkpoints by a
+validation metric and ``FailureConfig`` restarts killed workers from the last one. Rerunning with the same
+storage path and run name resumes an interrupted run (Ray Train V2).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from leafgen.distributed.torch_trainer import (
     RankZeroLog,
     build_trainer,
     read_rank_zero_history,
-    report_to_ray,
+    reporter,
     worker_session,
 )
+from leafgen.run_storage import RunStorage
 
 
 def read_history(storage: Path) -> list[dict[str, Any]]:
@@ -56,10 +58,11 @@ class EpochMetrics(RankZeroLog):
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
-    with worker_session(config) as (cfg, worker, resume_from):
+    with worker_session(config) as (cfg, worker, storage, resume_from):
         arrays = {
             name: SplitArrays(
-                np.load(config[f"{name}_images"], mmap_mode="r"), np.load(config[f"{name}_labels"])
+                np.load(storage.localize(config[f"{name}_images"]), mmap_mode="r"),
+                np.load(storage.localize(config[f"{name}_labels"])),
             )
             for name in ("train", "val")
         }
@@ -67,7 +70,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             cfg.classifier,
             arrays["train"],
             arrays["val"],
-            report_to_ray,
+            reporter(storage),
             target_class=cfg.data.target_class,
             worker=worker,
             resume_from=resume_from,
@@ -85,6 +88,9 @@ def train_on_ray(
     """Train with ``cfg.classifier.num_workers`` DDP workers on the .npy arrays named in ``arrays``;
     ``callbacks`` see every report too (a Tune trial passes ``TuneReportCallback``)."""
     c = cfg.classifier
+    run = RunStorage.open(cfg.run_dir)
+    for path in arrays.values():
+        run.push(Path(path))  # workers on other nodes read the arrays from the run's storage
     trainer = build_trainer(
         _worker_loop,
         cfg,

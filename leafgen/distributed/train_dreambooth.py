@@ -25,24 +25,27 @@ from leafgen.distributed.torch_trainer import (
     RankZeroLog,
     build_trainer,
     read_rank_zero_history,
-    report_to_ray,
+    reporter,
     worker_session,
 )
+from leafgen.run_storage import RunStorage
 
 
 class StepMetrics(RankZeroLog):
     """Logs losses and learning rate per reported step, and validation grids as images."""
 
-    def __init__(self, storage: Path, steps: int):
+    def __init__(self, storage: Path, steps: int, run: RunStorage):
         super().__init__(storage)
-        self.steps = steps
+        self.steps, self.run = steps, run
 
     def log(self, row: dict[str, Any], writer: SummaryWriter) -> None:
         step = int(row["step"])
         for key in ("loss", "loss/instance", "loss/prior", "lr"):
             writer.add_scalar(f"dreambooth/{key}", row[key], step)
-        if "validation_grid" in row and Path(row["validation_grid"]).is_file():
-            grid = np.asarray(Image.open(row["validation_grid"]).convert("RGB"))
+        # Rank 0 wrote (and, on object storage, pushed) the grid on its own node.
+        grid_file = self.run.localize(row["validation_grid"]) if "validation_grid" in row else None
+        if grid_file is not None and grid_file.is_file():
+            grid = np.asarray(Image.open(grid_file).convert("RGB"))
             writer.add_image("dreambooth/validation", grid, step, dataformats="HWC")
         print(
             f"[dreambooth] step {step}/{self.steps}  loss {row['loss']:.4f}  instance "
@@ -57,15 +60,15 @@ def read_history(storage: Path) -> list[dict[str, Any]]:
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
-    with worker_session(config) as (cfg, worker, resume_from):
+    with worker_session(config) as (cfg, worker, storage, resume_from):
         fit_dreambooth(
             cfg.dreambooth,
-            config["base_model"],
-            [Path(p) for p in config["instance_images"]],
-            [Path(p) for p in config["class_images"]],
+            str(storage.localize(config["base_model"])),
+            [storage.localize(p) for p in config["instance_images"]],
+            [storage.localize(p) for p in config["class_images"]],
             tuple(config["size"]),
-            report_to_ray,
-            Path(config["validation_dir"]),
+            reporter(storage),
+            storage.localize(config["validation_dir"]),
             worker,
             revision=cfg.base_model.revision,
             resume_from=resume_from,
@@ -83,6 +86,7 @@ def train_dreambooth_on_ray(
 ) -> ray.train.Result:
     """Fine-tune with ``cfg.dreambooth.num_workers`` DDP workers; returns Ray's result (latest checkpoint)."""
     db, b = cfg.dreambooth, cfg.base_model
+    run = RunStorage.open(cfg.run_dir)
     trainer = build_trainer(
         _worker_loop,
         cfg,
@@ -98,6 +102,8 @@ def train_dreambooth_on_ray(
         name,
         CheckpointConfig(num_to_keep=db.keep_checkpoints),
         db.max_failures,
-        [StepMetrics(storage, db.max_train_steps)],
+        [StepMetrics(storage, db.max_train_steps, run)],
     )
-    return trainer.fit()
+    result = trainer.fit()
+    run.pull(validation_dir)
+    return result

@@ -24,6 +24,7 @@ from leafgen import atomic
 from leafgen.config import PipelineConfig, fingerprint, to_dict
 from leafgen.errors import ConfigError
 from leafgen.pipeline import run_pipeline
+from leafgen.run_storage import is_uri
 from leafgen.stage_store import StageStore
 from leafgen.stages import RunDir, Stage
 from leafgen.tuning.report import write_search_report
@@ -81,6 +82,12 @@ def run_search(
     from leafgen.distributed.tune import run_tuner
 
     params = parse_space(cfg, TRIAL_STAGES)
+    if is_uri(cfg.run_dir):
+        raise ConfigError(
+            f"run_dir {cfg.run_dir!r}: a search shares stage outputs between trials through file locks and "
+            "links, which object storage lacks; give it a path every node mounts (NFS, EFS, Filestore) "
+            "and put tune.storage_path on object storage if you like"
+        )
     root = RunDir(cfg.run_dir).root
     _check_same_search(cfg, root)
     store = StageStore(root / "stages")

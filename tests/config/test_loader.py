@@ -105,7 +105,7 @@ def test_every_key_has_a_docstring():
     assert [key for key, _, doc in rows if not doc] == []
 
 
-def test_an_object_store_run_dir_is_refused_with_what_to_do_instead():
-    with pytest.raises(ConfigError, match="run_dir: 's3://bucket/runs': .*path every node sees"):
-        load_config(None, ["run_dir=s3://bucket/runs"])
+def test_run_dir_and_tune_storage_take_object_store_uris():
+    # Opened (and checked) by the run, not by the config: credentials belong to the node that runs it.
+    assert load_config(None, ["run_dir=s3://bucket/runs"]).run_dir == "s3://bucket/runs"
     assert load_config(None, ["tune.storage_path=s3://bucket/tune"]).tune.storage_path == "s3://bucket/tune"

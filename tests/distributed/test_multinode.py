@@ -8,6 +8,8 @@ test process stays out of the cluster so it can remove nodes and watch the files
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import socket
@@ -15,14 +17,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from leafgen.diffusion.manifest import read_parts, sha256_file
 from leafgen.distributed.train_classifier import read_history
+from leafgen.run_storage import MIRROR_ENV
+from leafgen.stages import RunDir
 
 from .conftest import TINY_RUN
 
@@ -42,21 +48,32 @@ def _node_args(cpus: int) -> dict:
     }
 
 
-@pytest.fixture
-def cluster(monkeypatch):
-    """A head and two worker nodes with one CPU each."""
+@contextlib.contextmanager
+def start_cluster(monkeypatch, head_cpus: int, node_env: Sequence[dict[str, str]], head_env=None):
+    """A head with ``head_cpus`` CPUs and one one-CPU worker node per entry of ``node_env`` (the
+    environment of that node's raylet and so of its workers): (cluster, worker nodes)."""
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="lgc-", dir="/tmp")
     (Path(temp) / "ray").mkdir()
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("RAY_TMPDIR", temp)  # Ray writes the cluster's address file under it
-    c = Cluster(initialize_head=True, head_node_args={**_node_args(1), "temp_dir": f"{temp}/ray"})
-    workers = [c.add_node(**_node_args(1)) for _ in range(2)]
-    c.wait_for_nodes()
-    yield c, workers
-    c.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    head = {**_node_args(head_cpus), "temp_dir": f"{temp}/ray", "env_vars": head_env}
+    c = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        workers = [c.add_node(**_node_args(1), env_vars=env) for env in node_env]
+        c.wait_for_nodes()
+        yield c, workers
+    finally:
+        c.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """A head and two worker nodes with one CPU each."""
+    with start_cluster(monkeypatch, 1, [{}, {}]) as started:
+        yield started
 
 
 def _hosting(workers: list, title: str):
@@ -72,8 +89,8 @@ def _hosting(workers: list, title: str):
     return None
 
 
-def _driver(cluster, args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+def _driver(cluster, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, **(env or {}), "RAY_ADDRESS": cluster.address}
     return subprocess.Popen(
         [sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -135,3 +152,74 @@ def test_generation_that_loses_a_node_ends_with_every_image_once(cluster, model_
     assert sorted(r["id"] for r in final) == sorted({r["id"] for r in final}) and len(final) == 24
     for row in final:
         assert sha256_file(Path(out) / row["file"]) == row["sha256"]
+
+
+OBJECT_STORE_RUN = [
+    "base_model.resolution=16",
+    "base_model.width=24",
+    "generate.num_inference_steps=2",
+    "generate.cpu_threads=1",
+    "dreambooth.lora_rank=2",
+    "dreambooth.num_class_images=4",
+    "dreambooth.train_batch_size=1",
+    "dreambooth.num_workers=2",
+    "dreambooth.max_train_steps=4",
+    "dreambooth.checkpointing_steps=2",
+    "dreambooth.validation_steps=2",
+    "dreambooth.num_validation_images=1",
+    "classifier.epochs=2",
+    "classifier.num_workers=2",
+    "ray.job_cpus=2",
+]
+
+
+def test_a_run_on_object_storage_works_on_nodes_that_share_no_disk(
+    monkeypatch, s3_run_uri, model_dir, tmp_path
+):
+    """run_dir is an s3:// URI and every node has its own mirror of it (its own "disk"); the head runs
+    no work, so generation actors and training workers all run on the two worker nodes."""
+    mirrors = {name: tmp_path / name for name in ("driver", "node1", "node2", "fresh", "check")}
+    node_env = [{MIRROR_ENV: str(mirrors[name])} for name in ("node1", "node2")]
+    args = [a for a in TINY_RUN if not a.startswith("ray.num_cpus")]
+    args += [f"run_dir={s3_run_uri}", f"base_model.name_or_path={model_dir}", *OBJECT_STORE_RUN]
+    driver_env = {MIRROR_ENV: str(mirrors["driver"])}
+    with start_cluster(monkeypatch, 0, node_env, head_env=driver_env) as (c, _):
+        for command in ("dreambooth", "train-classifier"):
+            proc = _driver(c, ["-m", "leafgen.cli", command, *args], driver_env)
+            out, _ = proc.communicate(timeout=900)
+            assert proc.returncode == 0, out[-3000:]
+        # Another machine's driver, with an empty mirror, finds every stage complete in the bucket.
+        proc = _driver(c, ["-m", "leafgen.cli", "dreambooth", *args], {MIRROR_ENV: str(mirrors["fresh"])})
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out[-3000:]
+        for stage in ("dataset", "split", "class_images", "dreambooth"):
+            assert f"[{stage}] skipped (up to date)" in out, out[-3000:]
+
+    monkeypatch.setenv(MIRROR_ENV, str(mirrors["check"]))
+    run = RunDir(s3_run_uri)
+    run.storage.pull(run.root)
+    root = run.root
+    # The workers' files reached the bucket: class images rendered by actors, the grids rank 0 drew.
+    manifest = pq.read_table(root / "class_images" / "manifest.parquet").to_pylist()
+    assert len(manifest) == 4
+    for row in manifest:
+        assert sha256_file(root / "class_images" / row["file"]) == row["sha256"]
+    summary = json.loads((root / "dreambooth" / "summary.json").read_text())
+    assert summary["validation_grids"] and summary["steps"] == 4
+    for name in summary["validation_grids"]:
+        assert (root / "dreambooth" / "validation" / name).is_file()
+    assert (root / "dreambooth" / "model" / "learned_embeds.safetensors").is_file()
+    assert (root / "classifier" / "model" / "model.safetensors").is_file()
+    assert [row["epoch"] for row in read_history(root / "classifier" / "ray")] == [1, 2]
+    # Ray kept its checkpoints in the bucket (storage_filesystem), where a new node can resume; mirrors
+    # leave them there.
+    ray_dir = run.storage.remote_path(root / "classifier" / "ray" / "classifier")
+    stored = run.storage.fs.get_file_info(pafs.FileSelector(ray_dir, recursive=True))
+    assert [i.path for i in stored if "/checkpoint_" in i.path and i.path.endswith("model.safetensors")]
+    assert not [p for p in (root / "classifier" / "ray").rglob("checkpoint_*") if p.is_dir()]
+    # Each worker read its inputs from its own node's mirror: class images, the decoded arrays.
+    nodes = [next(mirrors[name].iterdir()) for name in ("node1", "node2")]
+    for node in nodes:
+        assert len(list((node / "class_images" / "images").glob("*.png"))) == 4, node
+        assert (node / "classifier" / "arrays" / "train_labels.npy").is_file(), node
+        assert list((node / "cache").rglob("*.npy")), node
