@@ -16,7 +16,12 @@ from typing import Any
 from leafgen import atomic
 from leafgen.config import PipelineConfig
 from leafgen.diffusion.components import absolute_if_local
-from leafgen.diffusion.generation_stage import engine_settings, save_grid, table_spec, train_sources
+from leafgen.diffusion.generation_stage import (
+    engine_settings,
+    render_into_stage,
+    table_spec,
+    train_sources,
+)
 from leafgen.diffusion.manifest import MANIFEST_FILE, read_manifest
 from leafgen.diffusion.prompt_table import prompt_table
 from leafgen.stages import Stage, StageContext
@@ -25,9 +30,7 @@ MODEL_DIR = "model"
 
 
 def _class_images(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
-    from leafgen.distributed.generate import generate_on_ray
-
-    db, g = cfg.dreambooth, cfg.generate
+    db = cfg.dreambooth
     if db.num_class_images == 0:
         return {"manifest": None, "images": 0}
     spec = table_spec(
@@ -39,17 +42,7 @@ def _class_images(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
         strength=1.0,
         prefix="class",
     )
-    table = generate_on_ray(
-        prompt_table(spec),
-        engine_settings(cfg),
-        ctx.dir,
-        g.batch_size,
-        cfg.ray,
-        g.num_actors,
-        g.cpu_threads,
-        run=ctx.run.storage,
-    )
-    save_grid([ctx.dir / f for f in table.column("file").to_pylist()], ctx.dir / "samples.png")
+    table = render_into_stage(cfg, ctx, prompt_table(spec), engine_settings(cfg))
     return {"manifest": f"{ctx.dir.name}/{MANIFEST_FILE}", "images": table.num_rows}
 
 

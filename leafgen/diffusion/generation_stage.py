@@ -82,6 +82,19 @@ def save_grid(paths: list[Path], out: Path) -> None:
             save_image(load_float_images(paths[:GRID_IMAGES]), tmp, nrow=8, padding=1)
 
 
+def render_into_stage(cfg: PipelineConfig, ctx: StageContext, rows: list, engine: EngineSettings) -> pa.Table:
+    """Generate ``rows`` on Ray into the stage folder with ``cfg.generate``'s batching, draw a sample
+    grid beside them and return their manifest."""
+    from leafgen.distributed.generate import generate_on_ray
+
+    g = cfg.generate
+    table = generate_on_ray(
+        rows, engine, ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads, run=ctx.run.storage
+    )
+    save_grid([ctx.dir / f for f in table.column("file").to_pylist()], ctx.dir / "samples.png")
+    return table
+
+
 def _check_generate(cfg: PipelineConfig) -> None:
     table = cfg.generate.prompt_table
     if table and not Path(table).expanduser().is_file():
@@ -100,8 +113,6 @@ def _check_finetuned(cfg: PipelineConfig) -> None:
 
 
 def _generate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
-    from leafgen.distributed.generate import generate_on_ray
-
     g = cfg.generate
     adapter = g.adapter
     if "dreambooth" in ctx.inputs:
@@ -110,17 +121,7 @@ def _generate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
         rows = read_prompt_table(Path(g.prompt_table).expanduser(), table_spec(cfg), train_sources(cfg, ctx))
     else:
         rows = prompt_table(table_spec(cfg), train_sources(cfg, ctx) if g.mode == "img2img" else [])
-    table = generate_on_ray(
-        rows,
-        engine_settings(cfg, adapter),
-        ctx.dir,
-        g.batch_size,
-        cfg.ray,
-        g.num_actors,
-        g.cpu_threads,
-        run=ctx.run.storage,
-    )
-    save_grid([ctx.dir / f for f in table.column("file").to_pylist()], ctx.dir / "samples.png")
+    table = render_into_stage(cfg, ctx, rows, engine_settings(cfg, adapter))
     seconds = sum(table.column("seconds").to_pylist())
     return {"manifest": f"{ctx.dir.name}/{MANIFEST_FILE}", "images": table.num_rows, "model_seconds": seconds}
 
