@@ -79,8 +79,12 @@ class ImageGenerator:
         group_of = lambda row: tuple(row[k] for k in _GROUP_KEYS)  # noqa: E731
         for _, group in itertools.groupby(sorted(rows, key=group_of), key=group_of):
             done += self.render(list(group))
-        write_part(self.out_dir, done)
+        self.record(done)
         return columns_from_rows(done, MANIFEST_KEYS)
+
+    def record(self, done: list[Row]) -> Path:
+        """Write a finished batch's manifest part (its images are already written); returns its path."""
+        return write_part(self.out_dir, done)
 
     @torch.inference_mode()
     def render(self, rows: Sequence[Row]) -> list[Row]:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from leafgen.config import RayConfig
 from leafgen.diffusion.adapters import EngineSettings
 from leafgen.diffusion.generator import ImageGenerator
-from leafgen.diffusion.manifest import PARTS_DIR, finalize, finished_ids, image_file
+from leafgen.diffusion.manifest import finalize, finished_ids, image_file
 from leafgen.diffusion.prompt_table import Row
 from leafgen.distributed.runtime import job_resources
 from leafgen.errors import LeafgenError
@@ -45,11 +45,14 @@ class RunImageGenerator(ImageGenerator):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "source_path" in batch:
             batch = {**batch, "source_path": np.array([self._source(p) for p in batch["source_path"]])}
-        done = super().__call__(batch)
-        for image_id in done["id"]:
-            self.run.push(image_file(self.out_dir, str(image_id)))
-        self.run.push(self.out_dir / PARTS_DIR)
-        return done
+        return super().__call__(batch)
+
+    def record(self, done: list[Row]) -> Path:
+        for row in done:
+            self.run.push(image_file(self.out_dir, row["id"]))
+        part = super().record(done)
+        self.run.push(part)  # after its images: a part names finished images only
+        return part
 
     def _source(self, path: Any) -> str:
         return str(self.run.localize(path)) if path else path
