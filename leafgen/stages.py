@@ -20,9 +20,9 @@ from typing import Any
 from leafgen import atomic, provenance
 from leafgen.config import PipelineConfig, dump_yaml, fingerprint, select
 from leafgen.errors import StageError
+from leafgen.run_storage import LAST as COMPLETE  # object storage uploads a stage's marker last
 from leafgen.run_storage import RunStorage
 
-COMPLETE = "_complete.json"
 STARTED = "_started.json"
 
 

@@ -28,6 +28,7 @@ from leafgen.data.images import image_path
 from leafgen.data.split import read_split
 from leafgen.data.stages import dataset_root
 from leafgen.errors import ConfigError
+from leafgen.run_storage import RunStorage
 from leafgen.stages import Stage, StageContext
 
 CACHE_DIR = "cache"
@@ -65,13 +66,15 @@ def predict_split(model_dir: Path, images: np.ndarray, flip_tta: bool) -> np.nda
     return predict_probs(model, loader, device, flip_tta)
 
 
-def train_and_export(cfg: PipelineConfig, arrays: dict[str, Path], out: Path) -> dict[str, Any]:
+def train_and_export(
+    cfg: PipelineConfig, arrays: dict[str, Path], out: Path, run: RunStorage | None = None
+) -> dict[str, Any]:
     """Train on Ray into ``out/ray`` (resuming an interrupted run there), export the best checkpoint to
     ``out/model`` and measure it on the held-out test split; writes ``metrics.json`` and the test
-    probabilities (``test_probs.npy``) and returns the metrics."""
+    probabilities (``test_probs.npy``) and returns the metrics. ``run``: the run's open storage."""
     from leafgen.distributed.train_classifier import read_history, train_on_ray
 
-    result = train_on_ray(cfg, arrays, out / "ray")
+    result = train_on_ray(cfg, arrays, out / "ray", run=run)
     best = result.get_best_checkpoint(cfg.classifier.checkpoint_metric, "max")
     model_dir = out / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
@@ -95,7 +98,7 @@ def train_and_export(cfg: PipelineConfig, arrays: dict[str, Path], out: Path) ->
 
 
 def _run(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
-    metrics = train_and_export(cfg, cache_split_arrays(cfg, ctx), ctx.dir)
+    metrics = train_and_export(cfg, cache_split_arrays(cfg, ctx), ctx.dir, ctx.run.storage)
     test = metrics["test"]
     save_confusion_matrix(test["confusion_matrix"], ctx.dir / "confusion_test.png", "held-out test split")
     summary = {k: v for k, v in test.items() if k != "confusion_matrix"}

@@ -2,8 +2,9 @@
 
 Resumable phases under a work folder: paint a procedural training set (its own seed, never the demo's
 images; the minority class is left out), train the autoencoder on random crops, train the UNet and the
-CLIP text encoder jointly on cached latents, then sharpen the decoder with the encoder frozen. The
-result is a standard diffusers ``StableDiffusionPipeline`` folder, written atomically, with its recipe.
+CLIP text encoder jointly on cached latents, then sharpen the decoder with the encoder frozen and pin
+the posterior to its mode. The result is a standard diffusers ``StableDiffusionPipeline`` folder,
+written atomically, with its recipe.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ RECIPE_FILE = "leafgen_recipe.yaml"
 HISTORY_FILE = "history.jsonl"
 PHASE_FILE = "leafgen_phase_key.txt"
 Log = Callable[[dict[str, Any]], None]
+LOGVAR_FLOOR = -30.0
+"""diffusers clamps the posterior log-variance to [-30, 20]; -30 is a std of 3e-7."""
 
 
 def training_images(recipe: TinyModelRecipe, work: Path) -> tuple[np.ndarray, list[str]]:
@@ -149,6 +152,21 @@ def train_autoencoder(
             log({"phase": phase, "step": step + 1, "loss": rec.item()})
     vae.requires_grad_(True)
     vae.eval()
+
+
+@torch.no_grad()
+def pin_posterior(vae: torch.nn.Module) -> None:
+    """Make the autoencoder's posterior a point: every log-variance becomes diffusers' floor (-30).
+
+    The autoencoder trains on its posterior mode and the denoiser on posterior means, so the predicted
+    variance only ever felt the tiny KL weight, which pulls it to the prior's std of 1, the size of the
+    latents themselves. Code that samples the posterior, as diffusers' DreamBooth scripts and img2img
+    pipelines do, would then train on and start from latents half made of noise.
+    """
+    channels = vae.config.latent_channels
+    moments = vae.quant_conv if vae.config.use_quant_conv else vae.encoder.conv_out
+    moments.weight[channels:].zero_()
+    moments.bias[channels:].fill_(LOGVAR_FLOOR)
 
 
 @torch.no_grad()
@@ -287,6 +305,7 @@ def train_base_model(recipe: TinyModelRecipe, out: str | Path, work: str | Path 
         _save_atomically(pipe.unet, denoiser_dir / "unet", extra=key)  # last: its key marks the phase done
     if recipe.training.decoder_steps:
         train_autoencoder(pipe.vae, images, recipe, device, log, decoder_only=True)
+    pin_posterior(pipe.vae)
     pipe.to("cpu")
     card = {RECIPE_FILE: dump_yaml(recipe), "README.md": model_card(recipe)}
     _save_atomically(pipe, out, extra=card, finish=store_half_precision)

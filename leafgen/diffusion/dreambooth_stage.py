@@ -57,7 +57,9 @@ def _dreambooth(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
         folder = (ctx.run.root / manifest).parent
         classes = [folder / row["file"] for row in read_manifest(ctx.run.root / manifest)]
     base = absolute_if_local(cfg.base_model.name_or_path)
-    result = train_dreambooth_on_ray(cfg, base, instance, classes, ctx.dir / "ray", ctx.dir / "validation")
+    result = train_dreambooth_on_ray(
+        cfg, base, instance, classes, ctx.dir / "ray", ctx.dir / "validation", run=ctx.run.storage
+    )
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as checkpoint:

@@ -118,13 +118,14 @@ def build_trainer(
     checkpoint_config: CheckpointConfig,
     max_failures: int,
     callbacks: Sequence[UserCallback],
+    run: RunStorage,
 ) -> TorchTrainer:
     """A TorchTrainer of ``num_workers`` DDP workers running ``loop`` with ``cfg`` and ``loop_config``.
     Ray keeps its checkpoints at ``storage``, on the run's object storage when it has one; the driver's
-    callbacks write beside them in this node's mirror."""
+    callbacks write beside them in this node's mirror. ``run`` is the run's storage (``RunStorage.open``)."""
     resources = job_resources(cfg.ray)
     storage.mkdir(parents=True, exist_ok=True)
-    storage_path, storage_fs = RunStorage.open(cfg.run_dir).ray_storage(storage)
+    storage_path, storage_fs = run.ray_storage(storage)
     use_gpu = resources.get("GPU", 0) >= 1
     cpus_per_worker = 1 if use_gpu else max(1, int(resources.get("CPU", 1)) // num_workers)
     return TorchTrainer(

@@ -84,11 +84,13 @@ def train_on_ray(
     storage: Path,
     name: str = "classifier",
     callbacks: Sequence[UserCallback] = (),
+    run: RunStorage | None = None,
 ) -> ray.train.Result:
     """Train with ``cfg.classifier.num_workers`` DDP workers on the .npy arrays named in ``arrays``;
-    ``callbacks`` see every report too (a Tune trial passes ``TuneReportCallback``)."""
+    ``callbacks`` see every report too (a Tune trial passes ``TuneReportCallback``). ``run``: the run's
+    storage when the caller has it open (a stage's ``ctx.run.storage``)."""
     c = cfg.classifier
-    run = RunStorage.open(cfg.run_dir)
+    run = run or RunStorage.open(cfg.run_dir)
     for path in arrays.values():
         run.push(Path(path))  # workers on other nodes read the arrays from the run's storage
     trainer = build_trainer(
@@ -105,5 +107,6 @@ def train_on_ray(
         ),
         c.max_failures,
         [EpochMetrics(storage, c.epochs, cfg.data.target_class), *callbacks],
+        run,
     )
     return trainer.fit()

@@ -83,10 +83,12 @@ def train_dreambooth_on_ray(
     storage: Path,
     validation_dir: Path,
     name: str = "dreambooth",
+    run: RunStorage | None = None,
 ) -> ray.train.Result:
-    """Fine-tune with ``cfg.dreambooth.num_workers`` DDP workers; returns Ray's result (latest checkpoint)."""
+    """Fine-tune with ``cfg.dreambooth.num_workers`` DDP workers; returns Ray's result (latest checkpoint).
+    ``run``: the run's storage when the caller has it open (a stage's ``ctx.run.storage``)."""
     db, b = cfg.dreambooth, cfg.base_model
-    run = RunStorage.open(cfg.run_dir)
+    run = run or RunStorage.open(cfg.run_dir)
     trainer = build_trainer(
         _worker_loop,
         cfg,
@@ -103,6 +105,7 @@ def train_dreambooth_on_ray(
         CheckpointConfig(num_to_keep=db.keep_checkpoints),
         db.max_failures,
         [StepMetrics(storage, db.max_train_steps, run)],
+        run,
     )
     result = trainer.fit()
     run.pull(validation_dir)

@@ -32,7 +32,7 @@ def _fit(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
 
     arrays = mixed_arrays(cfg, ctx)
     arm_cfg = arm_config(cfg, "augmented", cfg.classifier.seed)
-    train_on_ray(arm_cfg, arrays, ctx.dir / "ray", callbacks=trial_callbacks())
+    train_on_ray(arm_cfg, arrays, ctx.dir / "ray", callbacks=trial_callbacks(), run=ctx.run.storage)
     history = read_history(ctx.dir / "ray")
     final = {k: v for k, v in history[-1].items() if k.startswith("val/") and isinstance(v, (int, float))}
     labels = np.load(arrays["train_labels"])

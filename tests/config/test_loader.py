@@ -22,6 +22,16 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         load_config(None, ["classifier.epochs=2.5"])
 
 
+def test_exponent_notation_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-4 as a string; in a file and in an override it means a learning rate.
+    path = tmp_path / "c.yaml"
+    path.write_text("dreambooth:\n  learning_rate: 5e-6\n")
+    cfg = load_config(path, ["classifier.learning_rate=1e-4"])
+    assert (cfg.classifier.learning_rate, cfg.dreambooth.learning_rate) == (1e-4, 5e-6)
+    with pytest.raises(ConfigError, match=r"classifier\.learning_rate: expected a number, got 'fast'"):
+        load_config(None, ["classifier.learning_rate=fast"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

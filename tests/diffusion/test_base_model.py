@@ -105,11 +105,28 @@ def test_decoder_fine_tune_leaves_the_latent_space_alone(trained):
     _, out, work = trained
     trained_vae = AutoencoderKL.from_pretrained(work / "vae").state_dict()
     final = AutoencoderKL.from_pretrained(out / "vae").state_dict()
-    frozen = [k for k in final if k.startswith(("encoder.", "quant_conv."))]
+    frozen = [k for k in final if k.startswith("encoder.")]
     tuned = [k for k in final if k.startswith("decoder.")]
     # The output stores the autoencoder in float16: frozen means equal up to exactly that rounding.
     assert frozen and all(torch.equal(final[k], trained_vae[k].half().float()) for k in frozen)
+    means = final["quant_conv.weight"].shape[0] // 2  # the posterior's mean rows, then its log-variances
+    for key in ("quant_conv.weight", "quant_conv.bias"):
+        assert torch.equal(final[key][:means], trained_vae[key][:means].half().float())
     assert any(not torch.equal(final[k], trained_vae[k]) for k in tuned)
+
+
+def test_output_posterior_is_a_point_so_sampling_it_gives_the_latents_the_denoiser_learned(trained):
+    _, out, work = trained
+    x = torch.rand(2, 3, 16, 24) * 2 - 1
+    with torch.no_grad():
+        trained_posterior = AutoencoderKL.from_pretrained(work / "vae").encode(x).latent_dist
+        posterior = AutoencoderKL.from_pretrained(out / "vae").encode(x).latent_dist
+    # Trained on its mode alone, the autoencoder left the variance where the KL term pulls it.
+    assert trained_posterior.std.mean() > 0.1
+    assert posterior.std.max() < 1e-6
+    sample = posterior.sample(torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sample, posterior.mode(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(posterior.mean, trained_posterior.mean, atol=2e-2, rtol=2e-2)
 
 
 def test_cli_trains_with_overrides_and_reports_losses(trained, tmp_path, capsys):

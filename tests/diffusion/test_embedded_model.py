@@ -60,3 +60,12 @@ def test_committed_model_fits_the_size_budget_and_the_demo_points_at_it():
     assert size <= 30 * 2**20
     assert not list(EMBEDDED_DIR.rglob("*.bin")) and list(EMBEDDED_DIR.rglob("*.safetensors"))
     assert resolve_model_path(load_config("configs/demo.yaml").base_model.name_or_path) == str(EMBEDDED_DIR)
+
+
+def test_committed_autoencoder_posterior_is_its_mode():
+    # DreamBooth and img2img sample the posterior; the denoiser learned the means, so samples must be them.
+    vae = StableDiffusionPipeline.from_pretrained(EMBEDDED_DIR).vae
+    x = torch.rand(4, 3, 64, 96, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        posterior = vae.encode(x).latent_dist
+    assert posterior.std.max() < 1e-6 < posterior.mean.std()
