@@ -87,9 +87,10 @@ def test_adapter_folder_without_weights_is_a_clear_error(tmp_path):
 
 
 def test_img2img_at_low_strength_keeps_its_input(trained_tiny_model, tiny_dataset, tmp_path):
-    """Strength 0.05 re-runs one denoising step from the real image: it stays near the input, within
-    twice the autoencoder's own round-trip error here (a tiny denoiser leaves some noise at t = 50),
-    while strength 1 (plain txt2img from noise) does not."""
+    """Strength 0.05 re-runs one denoising step from the real image: it stays within the autoencoder's
+    own round-trip error (10% over it for that step; measured 1.5% over), while strength 1 (plain
+    txt2img from noise) does not. img2img samples the posterior, so this holds since the posterior is
+    pinned to its mode; before that, the test allowed twice the round-trip error."""
     sources = [(p.stem, p) for p in sorted((tiny_dataset / "images").glob("Train_*.jpg"))[:6]]
     spec = replace(SPEC, mode="img2img", prompts=("leaf",), num_images=6, steps=20)
     engine = asdict(EngineSettings(str(trained_tiny_model)))
@@ -111,7 +112,7 @@ def test_img2img_at_low_strength_keeps_its_input(trained_tiny_model, tiny_datase
             [torch.from_numpy(read_pixels(tmp_path / "images" / f"{by_source[i]}.png")) for i, _ in sources]
         )
         errors[strength] = (out.permute(0, 3, 1, 2).float() / 255 - x).abs().mean().item()
-    assert errors[0.05] <= 2 * vae_error < errors[1.0], (errors, vae_error)
+    assert errors[0.05] <= 1.1 * vae_error < errors[1.0], (errors, vae_error)
 
 
 def test_resume_bookkeeping_trusts_only_intact_recorded_files(tiny_model_dir, tmp_path):
