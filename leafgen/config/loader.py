@@ -8,6 +8,7 @@ workers, Tune trials) as plain dicts and are rebuilt here with :func:`from_dict`
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -178,13 +179,6 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _float_or_none(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -229,11 +223,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        # YAML 1.1 reads 1e-4 (no dot) as a string; it is a number to whoever wrote it.
-        number = _float_or_none(value) if isinstance(value, str) else value
-        if number is None or isinstance(number, bool) or not isinstance(number, (int, float)):
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-4 (no dot) as a string; it is a number to whoever wrote it.
+            with contextlib.suppress(ValueError):
+                return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(number)
+        return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")

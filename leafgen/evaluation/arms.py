@@ -77,11 +77,13 @@ def train_arm(
     arm: str,
     seed: int,
     arrays: dict[str, Path],
-    stage_dir: Path,
+    ctx: StageContext,
     reuse: Path | None = None,
 ) -> dict[str, Any]:
-    """One (arm, seed) run, or its recorded result when it already finished. ``reuse``: an exported model
-    trained with exactly this arm's recipe and seed, measured instead of trained again."""
+    """One (arm, seed) run in the stage's folder, or its recorded result when it already finished.
+    ``reuse``: an exported model trained with exactly this arm's recipe and seed, measured instead of
+    trained again."""
+    stage_dir = ctx.dir
     out = run_dir_of(stage_dir, arm, seed)
     done = read_result(stage_dir, arm, seed)
     if done is not None:
@@ -90,7 +92,8 @@ def train_arm(
     arm_cfg = arm_config(cfg, arm, seed)
     print(f"[{stage_dir.name}] training the {arm} arm, seed {seed}", flush=True)
     if reuse is None:
-        model_dir, best_epoch = out / "model", train_and_export(arm_cfg, arrays, out)["best_epoch"]
+        model_dir = out / "model"
+        best_epoch = train_and_export(arm_cfg, arrays, out, ctx.run.storage)["best_epoch"]
     else:
         model_dir, best_epoch = reuse, load_classifier(reuse)[1]["epoch"] + 1
     _save_probs(out, model_dir, arrays, cfg.classifier.flip_tta)
@@ -118,7 +121,7 @@ def _trained_elsewhere(cfg: PipelineConfig, ctx: StageContext) -> dict[int, Path
 def _train_arms(cfg: PipelineConfig, ctx: StageContext, arms: Sequence[str], arrays: dict[str, Path]) -> dict:
     reusable = _trained_elsewhere(cfg, ctx) if "baseline" in arms else {}
     runs = [
-        train_arm(cfg, arm, seed, arrays, ctx.dir, reusable.get(seed) if arm == "baseline" else None)
+        train_arm(cfg, arm, seed, arrays, ctx, reusable.get(seed) if arm == "baseline" else None)
         for arm in arms
         for seed in cfg.eval.seeds
     ]

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from leafgen.cli import main
 from leafgen.config.loader import field_docs, from_dict, read_yaml
+from leafgen.diffusion.autoencoder_training import autoencoder_loss
 from leafgen.diffusion.base_model import (
     RECIPE_FILE,
-    autoencoder_loss,
     loss_drop,
     phase_key,
     prompt_table,
