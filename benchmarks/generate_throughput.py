@@ -29,6 +29,7 @@ from PIL import Image
 from leafgen.config import RayConfig
 from leafgen.diffusion.adapters import EngineSettings
 from leafgen.diffusion.components import build_pipeline
+from leafgen.diffusion.generator import initial_noise
 from leafgen.diffusion.prompt_table import TableSpec, prompt_table
 from leafgen.diffusion.recipe import SD15_SHAPES, TinyArchitecture
 from leafgen.distributed.generate import generate_on_ray
@@ -49,13 +50,16 @@ def plain_loop(model: str, rows: list[dict], batch: int, out: Path, dtype: torch
     finished = []
     for i in range(0, len(rows), batch):
         chunk = rows[i : i + batch]
+        generators = [torch.Generator().manual_seed(r["seed"]) for r in chunk]
         images = pipe(
             [r["prompt"] for r in chunk],
             num_inference_steps=chunk[0]["steps"],
             guidance_scale=chunk[0]["guidance"],
             height=chunk[0]["height"],
             width=chunk[0]["width"],
-            generator=[torch.Generator().manual_seed(r["seed"]) for r in chunk],
+            # Starting noise drawn in float32 (as the engine does): the same pixels in any precision.
+            latents=initial_noise(pipe, generators, chunk[0]["height"], chunk[0]["width"]),
+            generator=generators,
         ).images
         for row, image in zip(chunk, images):
             image.save(out / f"{row['id']}.png")

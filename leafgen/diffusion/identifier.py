@@ -60,10 +60,11 @@ def train_only_rows(embedding: torch.nn.Embedding, rows: list[int]) -> torch.uti
 
     Use it with weight decay 0 on the table: Adam then moves no other row (zero gradient, zero moments).
     """
-    mask = torch.zeros(embedding.num_embeddings, 1, device=embedding.weight.device)
+    mask = torch.zeros(embedding.num_embeddings, 1)
     mask[rows] = 1
     embedding.weight.requires_grad_(True)
-    return embedding.weight.register_hook(lambda grad: grad * mask.to(grad.dtype))
+    # The mask follows the gradient: the text encoder is usually moved to the GPU after this call.
+    return embedding.weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
 
 
 def save_learned_embeds(text_encoder: CLIPTextModel, token: str, token_id: int, folder: Path) -> Path:

@@ -7,11 +7,11 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from leafgen.diffusion.adapters import EngineSettings, adapter_kind
-from leafgen.diffusion.generator import ImageGenerator, load_source
+from leafgen.diffusion.generator import ImageGenerator, initial_noise, load_source
 from leafgen.diffusion.manifest import finalize, finished_ids, read_parts, sha256_file
 from leafgen.diffusion.prompt_table import ROW_KEYS, TableSpec, columns_from_rows, prompt_table
 from leafgen.errors import LeafgenError
@@ -59,6 +59,17 @@ def test_an_image_depends_on_its_row_not_its_batch(tiny_model_dir, tmp_path):
     # ... and different rows do differ: the seed reaches the sampler.
     first, second = (read_pixels(tmp_path / "a" / "images" / f"{r['id']}.png") for r in rows[:2])
     assert np.abs(first - second).mean() > 1
+
+
+def test_starting_noise_is_the_float32_draw_whatever_the_precision(tiny_model_dir):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    seeds = (3, 4)
+    # 4 x 5 x 7 latents: a size for which torch's bfloat16 normal stream is not the float32 one rounded.
+    noise = initial_noise(pipe, [torch.Generator().manual_seed(s) for s in seeds], 10, 14)
+    draws = [torch.randn((1, 4, 5, 7), generator=torch.Generator().manual_seed(s)) for s in seeds]
+    expected = torch.cat(draws)
+    assert noise.dtype == torch.bfloat16
+    assert torch.equal(noise, expected.to(torch.bfloat16))
 
 
 def test_lora_adapter_output_equals_plain_diffusers(tiny_model_dir, lora_adapter, tmp_path):
