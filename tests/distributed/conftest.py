@@ -38,6 +38,16 @@ def ray_cluster():
     shutdown()
 
 
+def alive_actors(class_name: str | None = None) -> list:
+    """ALIVE actors of this process's Ray cluster. Left to itself, the state API asks the cluster started
+    last on the machine, which can be another job's (a demo running beside the tests)."""
+    import ray
+    from ray.util.state import list_actors
+
+    filters = [("state", "=", "ALIVE")] + ([("class_name", "=", class_name)] if class_name else [])
+    return list_actors(address=ray.get_runtime_context().gcs_address, filters=filters)
+
+
 @pytest.fixture(scope="module")
 def data_run(tmp_path_factory):
     """A run directory whose dataset and split stages are complete."""

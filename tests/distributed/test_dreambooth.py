@@ -19,7 +19,7 @@ from leafgen.config import load_config
 from leafgen.stages import RunDir
 
 from ..diffusion.conftest import IDENTIFIER
-from .conftest import TINY_RUN
+from .conftest import TINY_RUN, alive_actors
 
 DB = [
     "base_model.resolution=16",
@@ -75,8 +75,6 @@ def test_dreambooth_command_trains_with_ddp_and_writes_a_loadable_output(dreambo
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(dreambooth_run, tmp_path):
-    from ray.util.state import list_actors
-
     from leafgen.diffusion.generation_stage import train_sources
     from leafgen.distributed.train_dreambooth import read_history, train_dreambooth_on_ray
     from leafgen.stages import StageContext
@@ -104,7 +102,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(dreambooth_run, tmp_path
     while not any(row["step"] >= 8 for row in read_history(storage)):
         assert time.time() < deadline, "training never reached its second checkpoint"
         time.sleep(0.2)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    workers = alive_actors("RayTrainWorker")
     os.kill(workers[-1].pid, signal.SIGKILL)
     thread.join(timeout=900)
     assert outcome["result"].error is None

@@ -25,7 +25,7 @@ from leafgen.diffusion.prompt_table import TableSpec, prompt_table
 from leafgen.distributed.generate import actor_plan, generate_on_ray
 
 from ..diffusion.conftest import IDENTIFIER, plain_diffusers_images, read_pixels
-from .conftest import TINY_RUN
+from .conftest import TINY_RUN, alive_actors
 
 SPEC = TableSpec(
     num_images=12,
@@ -86,8 +86,6 @@ def _wait_for_parts(out_dir, n: int, timeout: float = 300) -> None:
 
 
 def test_a_killed_actor_is_replaced_and_every_image_comes_once(ray_cluster, model_dir, tmp_path):
-    from ray.util.state import list_actors
-
     rows = prompt_table(replace(SPEC, num_images=16, steps=8))
     out = tmp_path / "out"
     outcome = {}
@@ -98,7 +96,7 @@ def test_a_killed_actor_is_replaced_and_every_image_comes_once(ray_cluster, mode
     )
     thread.start()
     _wait_for_parts(out, 1)
-    actors = list_actors(filters=[("state", "=", "ALIVE")])
+    actors = alive_actors()
     worker = next(a for a in actors if "ImageGenerator" in a.class_name)
     os.kill(worker.pid, signal.SIGKILL)
     assert len(read_parts(out)) < len(rows), "killed too late: generation had already finished"

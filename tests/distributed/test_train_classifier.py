@@ -22,7 +22,7 @@ from leafgen.distributed.train_classifier import read_history
 from leafgen.labels import TRAIN_COLUMNS
 from leafgen.stages import RunDir, StageContext
 
-from .conftest import TINY_RUN
+from .conftest import TINY_RUN, alive_actors
 
 
 def _wait_for_epochs(storage, n, timeout=300):
@@ -106,8 +106,6 @@ def test_predict_writes_a_kaggle_submission(trained, tmp_path, capsys):
 
 
 def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, data_run, tmp_path):
-    from ray.util.state import list_actors
-
     from leafgen.classifier.stage import cache_split_arrays
     from leafgen.distributed.train_classifier import train_on_ray
 
@@ -125,10 +123,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, data_run, tmp_pa
     # Find the worker processes first (the state API takes a while), then kill one right after the first
     # checkpoint, while training is still running.
     deadline = time.time() + 300
-    while (
-        len(workers := list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]))
-        < 2
-    ):
+    while len(workers := alive_actors("RayTrainWorker")) < 2:
         assert time.time() < deadline, "the worker group never started"
         time.sleep(0.2)
     _wait_for_epochs(storage, 2)
