@@ -26,7 +26,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from PIL import Image
 
-from leafgen.config import RayConfig
+from leafgen.config import GenerateConfig, RayConfig
 from leafgen.diffusion.adapters import EngineSettings
 from leafgen.diffusion.components import build_pipeline
 from leafgen.diffusion.generator import initial_noise
@@ -85,6 +85,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=None, help="default: 25 (SD shape) or 20")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--engine-threads",
+        type=int,
+        default=GenerateConfig().cpu_threads,
+        help="on CPU, torch threads per engine actor (actors = cores // threads); default: the engine's",
+    )
     args = parser.parse_args()
 
     cuda = torch.cuda.is_available()
@@ -97,7 +103,12 @@ def main() -> None:
     rows = prompt_table(spec)
     cpus = torch.get_num_threads()
     ray_cfg = RayConfig(num_cpus=None if cuda else cpus, temp_dir=tempfile.mkdtemp(prefix="lgr-", dir="/tmp"))
-    device = torch.cuda.get_device_name() if cuda else f"CPU, {cpus} threads"
+    threads = min(args.engine_threads, cpus)
+    device = (
+        torch.cuda.get_device_name()
+        if cuda
+        else f"CPU, {cpus} threads; engine: {cpus // threads} actor(s) x {threads} thread(s)"
+    )
     print(f"{args.images} images {arch.height}x{arch.width}, {steps} steps, batch {args.batch}, {device}")
 
     results: dict[str, list[tuple[float, float]]] = {"plain": [], "engine": []}
@@ -108,7 +119,7 @@ def main() -> None:
         )
         start = time.time()
         engine = EngineSettings(model, dtype="auto")
-        table = generate_on_ray(rows, engine, work / f"engine{k}", args.batch, ray_cfg, cpu_threads=cpus)
+        table = generate_on_ray(rows, engine, work / f"engine{k}", args.batch, ray_cfg, cpu_threads=threads)
         finished = pq.read_table(work / f"engine{k}" / "manifest.parquet").column("finished_at").to_pylist()
         results["engine"].append(rates(start, finished, args.batch))
         assert table.num_rows == len(rows)

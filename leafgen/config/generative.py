@@ -155,8 +155,9 @@ class GenerateConfig:
     ``pytorch_lora_weights.safetensors`` and/or ``learned_embeds.safetensors``; None: the base model."""
     num_actors: int | None = None
     """Generation actors (one pipeline each); None: one per GPU, or CPUs // cpu_threads without GPUs."""
-    cpu_threads: int = 2
-    """Torch threads (and Ray CPUs) per actor when generating on CPU."""
+    cpu_threads: int = 1
+    """Torch threads (and Ray CPUs) per actor when generating on CPU. One thread per actor, one actor per
+    core, measured 1.19x the images/s of one two-thread pipeline on two cores (docs/benchmarks.md)."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Weights and activations dtype; auto: float16 on CUDA, float32 on CPU."""
 

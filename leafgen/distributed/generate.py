@@ -76,7 +76,7 @@ def generate_on_ray(
     batch_size: int,
     ray_cfg: RayConfig | None = None,
     num_actors: int | None = None,
-    cpu_threads: int = 2,
+    cpu_threads: int = 1,
     progress: bool = True,
     run: RunStorage | None = None,
 ) -> pa.Table:
