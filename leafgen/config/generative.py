@@ -157,7 +157,7 @@ class GenerateConfig:
     """Generation actors (one pipeline each); None: one per GPU, or CPUs // cpu_threads without GPUs."""
     cpu_threads: int = 1
     """Torch threads (and Ray CPUs) per actor when generating on CPU. One thread per actor, one actor per
-    core, measured 1.19x the images/s of one two-thread pipeline on two cores (docs/benchmarks.md)."""
+    core, made 1.29x the images/s of one two-thread pipeline on two cores (docs/benchmarks.md)."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Weights and activations dtype; auto: float16 on CUDA, float32 on CPU."""
 
