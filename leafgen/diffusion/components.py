@@ -7,6 +7,7 @@ take the same path: ``StableDiffusionPipeline.from_pretrained`` on a hub id or l
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -163,3 +164,19 @@ def load_pipeline(
         raise LeafgenError(
             f"cannot load base model {source!r}: {how}. ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def initial_noise(
+    pipe: StableDiffusionPipeline, generators: Sequence[torch.Generator], height: int, width: int
+) -> torch.Tensor:
+    """Each row's starting latents, drawn in float32 on the CPU from the row's generator, then cast.
+
+    Left to diffusers, the noise is drawn in the pipeline's dtype, and torch's normal sampler gives a
+    float16 stream that is not the float32 one rounded (seen with torch 2.11 on an H200: every image of a
+    float16 pipeline differed from its float32 image). Drawn here, a row gives the same picture in every
+    precision and on every device. For float32 pipelines this is exactly what diffusers draws.
+    """
+    f = pipe.vae_scale_factor
+    shape = (1, pipe.unet.config.in_channels, height // f, width // f)
+    noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
+    return noise.to(pipe.device, pipe.unet.dtype)

@@ -24,6 +24,7 @@ from torchvision.utils import make_grid
 
 from leafgen.config import DreamBoothConfig, dump_yaml
 from leafgen.diffusion.adapters import LORA_FILE
+from leafgen.diffusion.components import initial_noise
 from leafgen.diffusion.dreambooth import DreamBoothModels
 from leafgen.diffusion.identifier import save_learned_embeds
 
@@ -60,6 +61,7 @@ def validation_grid(
     models.unet.eval(), models.text_encoder.eval()
     rows = []
     for prompt in prompts:
+        gens = [torch.Generator().manual_seed(s) for s in range(per_prompt)]
         rows.append(
             pipe(
                 [prompt] * per_prompt,
@@ -67,7 +69,8 @@ def validation_grid(
                 width=size[1],
                 num_inference_steps=steps,
                 guidance_scale=guidance,
-                generator=[torch.Generator().manual_seed(s) for s in range(per_prompt)],
+                generator=gens,
+                latents=initial_noise(pipe, gens, *size),
                 output_type="pt",
             ).images.cpu()
         )

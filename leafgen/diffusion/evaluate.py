@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from leafgen.classifier.engine import eval_transform, predict_probs
+from leafgen.diffusion.components import initial_noise
 
 
 def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -109,6 +110,7 @@ def generate(
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=gens,
+            latents=initial_noise(pipe, gens, height, width),
             height=height,
             width=width,
             output_type="pt",

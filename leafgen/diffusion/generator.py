@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import StableDiffusionImg2ImgPipeline
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image, ImageOps
 from transformers.utils import logging as transformers_logging
@@ -27,6 +27,7 @@ from transformers.utils import logging as transformers_logging
 from leafgen import atomic
 from leafgen.data.images import open_rgb
 from leafgen.diffusion.adapters import EngineSettings, load_generation_pipeline
+from leafgen.diffusion.components import initial_noise
 from leafgen.diffusion.manifest import MANIFEST_KEYS, image_file, write_part
 from leafgen.diffusion.prompt_table import Row, columns_from_rows, rows_from_columns
 
@@ -38,22 +39,6 @@ def load_source(path: str, height: int, width: int) -> Image.Image:
     """An img2img source image, upright RGB, resized to cover ``height x width`` and centre-cropped."""
     img = open_rgb(Path(path), "an img2img source image")
     return ImageOps.fit(img, (width, height), Image.Resampling.LANCZOS)
-
-
-def initial_noise(
-    pipe: StableDiffusionPipeline, generators: Sequence[torch.Generator], height: int, width: int
-) -> torch.Tensor:
-    """Each row's starting latents, drawn in float32 on the CPU from the row's generator, then cast.
-
-    Left to diffusers, the noise is drawn in the pipeline's dtype, and torch's normal sampler gives a
-    float16 stream that is not the float32 one rounded (seen with torch 2.11 on an H200: every image of a
-    float16 pipeline differed from its float32 image). Drawn here, a row gives the same picture in every
-    precision and on every device. For float32 pipelines this is exactly what diffusers draws.
-    """
-    f = pipe.vae_scale_factor
-    shape = (1, pipe.unet.config.in_channels, height // f, width // f)
-    noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
-    return noise.to(pipe.device, pipe.unet.dtype)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -11,7 +11,8 @@ from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from leafgen.diffusion.adapters import EngineSettings, adapter_kind
-from leafgen.diffusion.generator import ImageGenerator, initial_noise, load_source
+from leafgen.diffusion.components import initial_noise
+from leafgen.diffusion.generator import ImageGenerator, load_source
 from leafgen.diffusion.manifest import finalize, finished_ids, read_parts, sha256_file
 from leafgen.diffusion.prompt_table import ROW_KEYS, TableSpec, columns_from_rows, prompt_table
 from leafgen.errors import LeafgenError
