@@ -123,6 +123,15 @@ def _cmd_base_model(args: argparse.Namespace) -> None:
     print(f"base model written: {out} (load it with StableDiffusionPipeline.from_pretrained)")
 
 
+def _cmd_backbone(args: argparse.Namespace) -> None:
+    from leafgen.classifier.backbone import BackboneRecipe, pretrain_backbone
+    from leafgen.config.loader import apply_overrides, from_dict, read_yaml
+
+    raw = apply_overrides(read_yaml(args.config) if args.config else {}, args.overrides)
+    weights = pretrain_backbone(from_dict(BackboneRecipe, raw), args.out, args.work)
+    print(f"backbone written: {weights} (use it with classifier.weights={weights})")
+
+
 def _cmd_check_base_model(args: argparse.Namespace) -> None:
     from leafgen.config import load_config
     from leafgen.diffusion.base_model_check import CheckSettings, check_base_model, format_check
@@ -248,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--work", type=Path, help="working folder kept for resuming (default: <out>.work)")
     base.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. training.unet_steps=100")
     base.set_defaults(func=_cmd_base_model)
+
+    backbone = sub.add_parser(
+        "backbone", help="pretrain the embedded ResNet18 backbone on procedural leaves (no minority class)"
+    )
+    backbone.add_argument("--out", type=Path, required=True, help="folder for model.safetensors")
+    backbone.add_argument("--config", type=Path, help="recipe YAML (default: the built-in recipe)")
+    backbone.add_argument("--work", type=Path, help="working folder kept for resuming (default: <out>.work)")
+    backbone.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. classifier.epochs=2")
+    backbone.set_defaults(func=_cmd_backbone)
 
     check = sub.add_parser(
         "check-base-model", help="measure base_model: autoencoder round-trips and samples per prompt"

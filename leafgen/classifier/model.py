@@ -3,6 +3,8 @@
 ``weights`` is one of:
 
 - ``none``: random initialisation;
+- ``embedded``: the ResNet18 backbone the project pretrains on procedural leaves without the minority
+  class and commits in ``leafgen/assets`` (``leafgen backbone``): the offline stand-in for ImageNet;
 - ``imagenet``: torchvision's ImageNet weights for the architecture. They come from torch's hub cache
   (``$TORCH_HOME/hub/checkpoints``); when the file is absent and downloading is impossible (offline, or
   ``HF_HUB_OFFLINE=1``) this is an error saying which file to put where, never a silent random init;
@@ -22,6 +24,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from leafgen.errors import LeafgenError
+
+EMBEDDED_BACKBONE = Path(__file__).resolve().parent.parent / "assets" / "leaf-resnet18" / "model.safetensors"
+EMBEDDED_ARCH = "resnet18"
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> tuple[str, nn.Linear]:
@@ -61,7 +66,7 @@ def _missing_weights_message(path: Path, url: str, why: str) -> str:
 def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise LeafgenError(
-            f"classifier.weights={str(path)!r}: no such file; use 'imagenet', 'none' or a path"
+            f"classifier.weights={str(path)!r}: no such file; use 'imagenet', 'embedded', 'none' or a path"
         )
     try:
         if path.suffix == ".safetensors":
@@ -111,6 +116,18 @@ def build_classifier(arch: str = "resnet18", weights: str = "none", num_classes:
         return model
     if weights == "imagenet":
         _load_backbone(model, _imagenet_state_dict(arch), head, f"torchvision ImageNet weights for {arch}")
+    elif weights == "embedded":
+        if arch != EMBEDDED_ARCH:
+            raise LeafgenError(
+                f"classifier.weights=embedded is a {EMBEDDED_ARCH} backbone; classifier.arch is {arch!r}"
+            )
+        if not EMBEDDED_BACKBONE.is_file():
+            raise LeafgenError(
+                f"classifier.weights=embedded: {EMBEDDED_BACKBONE} is missing from this installation; "
+                "reinstall leafgen, or pretrain one with `leafgen backbone --out DIR` and pass "
+                "classifier.weights=DIR/model.safetensors"
+            )
+        _load_backbone(model, _read_weights_file(EMBEDDED_BACKBONE), head, str(EMBEDDED_BACKBONE))
     else:
         path = Path(weights).expanduser()
         _load_backbone(model, _read_weights_file(path), head, str(path))
