@@ -105,6 +105,21 @@ def _run(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     return {"model_dir": f"{ctx.dir.name}/model", "best_epoch": metrics["best_epoch"], "test": summary}
 
 
+def recipe_config(cfg: PipelineConfig, balanced: bool, seed: int) -> PipelineConfig:
+    """``cfg`` with the classifier at ``seed``: the plain recipe, or the class-balanced one that
+    ``eval.balance`` names (balanced sampling or a class-weighted loss)."""
+    c = replace(cfg.classifier, seed=seed, balanced_sampling=False, class_weighted_loss=False)
+    if balanced:
+        flag = "balanced_sampling" if cfg.eval.balance == "sampling" else "class_weighted_loss"
+        c = replace(c, **{flag: True})
+    return replace(cfg, classifier=c)
+
+
+def judge_config(cfg: PipelineConfig) -> PipelineConfig:
+    """The judge's recipe: the arm ``eval.judge_recipe`` names, at ``eval.judge_seed``."""
+    return recipe_config(cfg, cfg.eval.judge_recipe == "balanced", cfg.eval.judge_seed)
+
+
 def _check_judge(cfg: PipelineConfig) -> None:
     if cfg.eval.judge_seed == cfg.classifier.seed:
         raise ConfigError(
@@ -114,7 +129,7 @@ def _check_judge(cfg: PipelineConfig) -> None:
 
 
 def _run_judge(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
-    return _run(replace(cfg, classifier=replace(cfg.classifier, seed=cfg.eval.judge_seed)), ctx)
+    return _run(judge_config(cfg), ctx)
 
 
 def _summary(outputs: dict[str, Any]) -> str:
@@ -130,13 +145,14 @@ CLASSIFIER = Stage(
     inputs=("dataset", "split"),
 )
 
-# The independent judge (DESIGN.md): the same recipe with another seed. It measures what generated images
-# show; the baseline classifier gates them, so no claim is checked by the model that selected the images.
+# The independent judge (DESIGN.md): an arm's recipe (class-balanced by default) with another seed. It
+# measures what generated images show; the baseline classifier gates them, so no claim is checked by the
+# model that selected the images.
 JUDGE = Stage(
     name="judge",
     summary=_summary,
     fn=_run_judge,
-    config_keys=("classifier", "eval.judge_seed", "data.target_class"),
+    config_keys=("classifier", "eval.judge_seed", "eval.judge_recipe", "eval.balance", "data.target_class"),
     inputs=("dataset", "split"),
     check=_check_judge,
 )

@@ -71,8 +71,8 @@ class ClassifierConfig:
     arch: str = "resnet18"
     """torchvision architecture name (resnet18, resnet50, efficientnet_b0, ...) with a linear head."""
     weights: str = "none"
-    """'imagenet' (torchvision's weights, cached locally), 'none' (random init) or a path to a weights
-    file."""
+    """'imagenet' (torchvision's weights, cached locally), 'embedded' (the ResNet18 backbone pretrained on
+    procedural leaves that ships with leafgen), 'none' (random init) or a path to a weights file."""
     image_size: int = 128
     """Side of the square crop the classifier trains and predicts on."""
     epochs: int = 10
@@ -144,6 +144,10 @@ class EvalConfig:
     judge_seed: int = 1000
     """Seed of the independent judge classifier that measures what generated images show; it must differ
     from classifier.seed, the gating classifier's."""
+    judge_recipe: Literal["baseline", "balanced"] = "balanced"
+    """The judge's classifier recipe, that of an arm: 'balanced' shows it the minority class as often as
+    the others, so it does not rarely call an image the class whatever the image shows (the demo's
+    baseline-recipe judge found 0.06 of the real test images of the class)."""
 
     def __post_init__(self) -> None:
         if not self.seeds:

@@ -9,9 +9,9 @@ Only the arm's change differs between arms; a seed means the same initialisation
 The two real-data arms live in the ``arms`` stage and the augmented arm in ``retrain``, so changing
 ``mix.synthetic_ratio`` retrains only the augmented arm. Each (arm, seed) run writes under
 ``<stage>/<arm>/seed_<seed>/`` and finishes with ``result.json``; a rerun skips finished runs and resumes
-an interrupted one from its Ray checkpoints. A baseline run whose seed is ``classifier.seed`` or
-``eval.judge_seed`` is the ``classifier`` or ``judge`` stage itself (the same recipe and seed) and is
-reused, not retrained.
+an interrupted one from its Ray checkpoints. The baseline run at ``classifier.seed`` is the ``classifier``
+stage itself, and the run of the ``eval.judge_recipe`` arm at ``eval.judge_seed`` is the ``judge`` stage
+(the same recipe and seed): both are reused, not retrained.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from leafgen.classifier.stage import (
     TEST_PROBS,
     cache_split_arrays,
     predict_split,
+    recipe_config,
     train_and_export,
 )
 from leafgen.classifier.training import input_size, load_classifier
@@ -45,11 +46,7 @@ VAL_PROBS = "val_probs.npy"
 
 def arm_config(cfg: PipelineConfig, arm: str, seed: int) -> PipelineConfig:
     """``cfg`` with the classifier recipe of ``arm`` at ``seed``."""
-    c = replace(cfg.classifier, seed=seed, balanced_sampling=False, class_weighted_loss=False)
-    if arm == "balanced":
-        flag = "balanced_sampling" if cfg.eval.balance == "sampling" else "class_weighted_loss"
-        c = replace(c, **{flag: True})
-    return replace(cfg, classifier=c)
+    return recipe_config(cfg, arm == "balanced", seed)
 
 
 def run_dir_of(stage_dir: Path, arm: str, seed: int) -> Path:
@@ -109,19 +106,21 @@ def train_arm(
     return result
 
 
-def _trained_elsewhere(cfg: PipelineConfig, ctx: StageContext) -> dict[int, Path]:
-    """Seed -> exported model of a stage that already trained the plain baseline recipe with that seed:
-    the gating classifier (``classifier.seed``) and the judge (``eval.judge_seed``)."""
-    if cfg.classifier.balanced_sampling or cfg.classifier.class_weighted_loss:
-        return {}  # those stages trained another recipe than the baseline arm's
-    seeds = {"judge": cfg.eval.judge_seed, "classifier": cfg.classifier.seed}  # the gating one wins a tie
-    return {seed: ctx.run.root / ctx.inputs[stage]["model_dir"] for stage, seed in seeds.items()}
+def _trained_elsewhere(cfg: PipelineConfig, ctx: StageContext) -> dict[tuple[str, int], Path]:
+    """(arm, seed) -> exported model of a stage that already trained that arm's recipe with that seed:
+    the gating classifier (baseline, ``classifier.seed``) and the judge (``eval.judge_recipe``,
+    ``eval.judge_seed``)."""
+    path = {stage: ctx.run.root / ctx.inputs[stage]["model_dir"] for stage in ("classifier", "judge")}
+    reusable = {(cfg.eval.judge_recipe, cfg.eval.judge_seed): path["judge"]}
+    if not (cfg.classifier.balanced_sampling or cfg.classifier.class_weighted_loss):
+        reusable[("baseline", cfg.classifier.seed)] = path["classifier"]  # else another recipe
+    return reusable
 
 
 def _train_arms(cfg: PipelineConfig, ctx: StageContext, arms: Sequence[str], arrays: dict[str, Path]) -> dict:
-    reusable = _trained_elsewhere(cfg, ctx) if "baseline" in arms else {}
+    reusable = _trained_elsewhere(cfg, ctx) if "judge" in ctx.inputs else {}
     runs = [
-        train_arm(cfg, arm, seed, arrays, ctx, reusable.get(seed) if arm == "baseline" else None)
+        train_arm(cfg, arm, seed, arrays, ctx, reusable.get((arm, seed)))
         for arm in arms
         for seed in cfg.eval.seeds
     ]
@@ -164,7 +163,7 @@ ARMS_STAGE = Stage(
     name="arms",
     summary=_summary,
     fn=_real_arms,
-    config_keys=(*_ARM_KEYS, "eval.judge_seed"),  # it reuses the judge as a baseline run
+    config_keys=(*_ARM_KEYS, "eval.judge_seed", "eval.judge_recipe"),  # it reuses the judge as an arm's run
     inputs=("dataset", "split", "classifier", "judge"),
 )
 RETRAIN = Stage(

@@ -12,7 +12,7 @@ from ..diffusion.conftest import tiny_architecture
 from .conftest import TINY_RUN
 
 
-def test_judge_is_the_classifier_recipe_with_another_seed_and_the_check_uses_both(
+def test_judge_is_the_balanced_recipe_with_another_seed_and_the_check_uses_both(
     ray_cluster, data_run, tmp_path, capsys
 ):
     model = tmp_path / "t2i"
@@ -38,6 +38,7 @@ def test_judge_is_the_classifier_recipe_with_another_seed_and_the_check_uses_bot
     classifier = json.loads((data_run / "classifier" / "model" / "classifier.json").read_text())
     judge = json.loads((data_run / "judge" / "model" / "classifier.json").read_text())
     assert classifier["config"]["seed"] == 0 and judge["config"]["seed"] == 1000
+    assert judge["config"]["balanced_sampling"] and not classifier["config"]["balanced_sampling"]
     assert (data_run / "judge" / "model" / "model.safetensors").read_bytes() != (
         data_run / "classifier" / "model" / "model.safetensors"
     ).read_bytes()

@@ -80,11 +80,14 @@ def test_rerun_after_a_kill_completes_every_stage_and_prints_the_report(pipeline
     assert comparison["arms"] == ["baseline", "balanced", "augmented"]
     assert set(comparison["deltas"]) == {"balanced", "augmented"}
     assert set(metrics["stage_seconds"]) >= {s.name for s in STAGES if s.name != "report"}
-    for seed, stage in ((0, "classifier"), (1, "judge")):  # the same recipe and seed: not trained again
-        result = json.loads((run_dir / "arms" / "baseline" / f"seed_{seed}" / "result.json").read_text())
+    # The same recipe and seed are not trained again: the gating classifier is the baseline arm's seed 0,
+    # the (class-balanced) judge the balanced arm's seed 1.
+    for arm, seed, stage in (("baseline", 0, "classifier"), ("balanced", 1, "judge")):
+        result = json.loads((run_dir / "arms" / arm / f"seed_{seed}" / "result.json").read_text())
         assert result["reused"] and result["model_dir"] == f"{stage}/model"
     arms = json.loads((run_dir / "arms" / "_complete.json").read_text())["outputs"]
-    assert sum(not r["reused"] for r in arms["runs"]) == 2  # the balanced arm's two seeds
+    trained = {(r["arm"], r["seed"]) for r in arms["runs"] if not r["reused"]}
+    assert trained == {("baseline", 1), ("balanced", 0)}
 
 
 def test_synthetic_images_reach_only_the_augmented_train_set(pipeline_run):
