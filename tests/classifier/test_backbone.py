@@ -66,8 +66,9 @@ def test_a_killed_pretraining_resumes_from_its_last_epoch(tmp_path):
     done = json.loads((tmp_path / "bb.work" / "history.json").read_text())
     assert 1 <= len(done) < 4, "the kill came too late to show a resume"
 
-    pretrain_backbone(from_dict(BackboneRecipe, TINY | {"classifier": TINY["classifier"] | {"epochs": 4}}),
-                      tmp_path / "bb")
+    pretrain_backbone(
+        from_dict(BackboneRecipe, TINY | {"classifier": TINY["classifier"] | {"epochs": 4}}), tmp_path / "bb"
+    )
     history = json.loads((tmp_path / "bb.work" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
     assert history[-1]["start_epoch"] > 1  # continued from a checkpoint, not from scratch
