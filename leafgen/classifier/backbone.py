@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from leafgen import atomic
-from leafgen.classifier.training import MODEL_FILE, STATE_FILE, SplitArrays, fit, input_size
+from leafgen.classifier.training import META_FILE, MODEL_FILE, STATE_FILE, SplitArrays, fit, input_size
 from leafgen.config import ClassifierConfig
 from leafgen.config.fields import FieldError
 from leafgen.config.loader import to_dict
@@ -118,13 +118,12 @@ def pretrain_backbone(recipe: BackboneRecipe, out: str | Path, work: str | Path 
     resume = last if (last / STATE_FILE).is_file() else None
     if resume is None or len(history) < recipe.classifier.epochs:
         fit(recipe.classifier, train, val, report, resume_from=resume)
-    return export_backbone(best, out, recipe, history, time.perf_counter() - started)
+    return export_backbone(best, out, recipe, time.perf_counter() - started)
 
 
-def export_backbone(
-    checkpoint: Path, out: Path, recipe: BackboneRecipe, history: list[dict[str, Any]], seconds: float
-) -> Path:
-    """Write the checkpoint's convolutional weights in float16 and the card describing them."""
+def export_backbone(checkpoint: Path, out: Path, recipe: BackboneRecipe, seconds: float) -> Path:
+    """Write the checkpoint's convolutional weights in float16 and the card describing them; the card's
+    epoch and metrics are the checkpoint's own (``classifier.json``), so they describe these weights."""
     state = load_file(checkpoint / MODEL_FILE)
     backbone = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     backbone = {k: v.contiguous() for k, v in backbone.items() if not k.startswith(HEAD_PREFIX)}
@@ -132,18 +131,18 @@ def export_backbone(
     weights = out / MODEL_FILE
     with atomic.atomic_path(weights) as tmp:
         save_file(backbone, tmp, metadata={"format": "pt", "arch": recipe.classifier.arch})
-    best = max(history, key=lambda row: row["val/accuracy"])
+    meta = json.loads((checkpoint / META_FILE).read_text())
     seen = [c for c in CLASSES if c not in recipe.left_out]
     # Metrics of a class never shown are zeros and NaNs, not measurements; the card leaves them out.
-    val = {k.removeprefix("val/"): v for k, v in best.items() if k.startswith("val/")}
+    val = {k.removeprefix("val/"): v for k, v in meta["metrics"].items() if k.startswith("val/")}
     val = {k: v for k, v in val.items() if k in ("accuracy", "mean_auc") or k.split("/")[-1] in seen}
     card = {
         "arch": recipe.classifier.arch,
         "input_size": list(input_size(recipe.classifier)),
         "classes_seen": seen,
-        "best_epoch": best["epoch"],
+        "best_epoch": meta["epoch"] + 1,
         "val": val,
-        "train_images": int(sum(row["train/images"] for row in history[:1])),
+        "train_images": meta["metrics"]["train/images"],
         "seconds_this_run": round(seconds, 1),
         "torch": torch.__version__,
         "recipe": to_dict(recipe),

@@ -46,6 +46,13 @@ def test_pretraining_writes_a_headless_float16_backbone_that_classifiers_load(tm
     assert card["input_size"] == [32, 48]
     history = json.loads((tmp_path / "work" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
+    # The card describes the weights it ships with: the kept checkpoint's epoch and metrics.
+    kept = json.loads((tmp_path / "work" / "best" / "classifier.json").read_text())
+    assert card["best_epoch"] == kept["epoch"] + 1
+    assert card["val"]["accuracy"] == kept["metrics"]["val/accuracy"]
+    assert "recall/multiple_diseases" not in card["val"]  # a class never shown has no measurement
+    kept_state = load_file(tmp_path / "work" / "best" / "model.safetensors")
+    assert torch.equal(state["conv1.weight"], kept_state["conv1.weight"].half())
 
     model = build_classifier("resnet18", str(weights), num_classes=len(CLASSES))
     assert torch.equal(model.conv1.weight, state["conv1.weight"].float())
@@ -83,6 +90,8 @@ def test_the_recipe_refuses_what_would_not_be_the_embedded_backbone():
 
 
 def test_the_committed_backbone_loads_and_only_fits_resnet18():
+    card = json.loads((EMBEDDED_BACKBONE.parent / CARD_FILE).read_text())
+    assert card["classes_seen"] == ["healthy", "rust", "scab"] and card["val"]["accuracy"] >= 0.99
     state = load_file(EMBEDDED_BACKBONE)
     model = build_classifier("resnet18", "embedded", num_classes=4)
     assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"].float())
