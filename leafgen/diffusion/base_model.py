@@ -35,7 +35,7 @@ from leafgen.diffusion.autoencoder_training import (
     pin_posterior,
     train_autoencoder,
 )
-from leafgen.diffusion.components import build_pipeline, training_scheduler
+from leafgen.diffusion.components import EMBEDDED_DIR, EMBEDDED_NAME, build_pipeline, training_scheduler
 from leafgen.diffusion.recipe import TinyModelRecipe
 from leafgen.errors import ConfigError
 from leafgen.labels import CLASSES
@@ -74,7 +74,7 @@ def sample_prompts(labels: list[str], recipe: TinyModelRecipe, rng: np.random.Ge
         u = rng.random()
         if u < t.empty_prompt_share:
             out.append(0)
-        elif u < t.empty_prompt_share + t.generic_prompt_share:
+        elif u < t.empty_prompt_share + t.generic_share(label):
             out.append(table.index(rng.choice(t.generic_prompts)))
         else:
             out.append(table.index(rng.choice(t.class_prompts[label])))
@@ -158,7 +158,9 @@ def train_base_model(recipe: TinyModelRecipe, out: str | Path, work: str | Path 
     images, labels = training_images(recipe, work)
     pipe = build_pipeline(recipe.architecture, seed=recipe.training.seed)
     vae_dir = work / "vae"
-    if _phase_done(vae_dir, recipe, "autoencoder"):
+    if recipe.training.vae_init:
+        _warm_start(pipe, recipe.training.vae_init, ("vae",), "vae_init")
+    elif _phase_done(vae_dir, recipe, "autoencoder"):
         pipe.vae = type(pipe.vae).from_pretrained(vae_dir)
     else:
         train_autoencoder(pipe.vae, images, recipe, device, log)
@@ -172,7 +174,7 @@ def train_base_model(recipe: TinyModelRecipe, out: str | Path, work: str | Path 
         pipe.text_encoder = type(pipe.text_encoder).from_pretrained(denoiser_dir / "text_encoder")
     else:
         if recipe.training.unet_init:
-            _warm_start(pipe, Path(recipe.training.unet_init))
+            _warm_start(pipe, recipe.training.unet_init, ("unet", "text_encoder"), "unet_init")
         train_denoiser(pipe, latents, labels, recipe, device, log)
         key = {PHASE_FILE: phase_key(recipe, "denoiser")}
         _save_atomically(pipe.text_encoder, denoiser_dir / "text_encoder")
@@ -186,18 +188,20 @@ def train_base_model(recipe: TinyModelRecipe, out: str | Path, work: str | Path 
     return out
 
 
-def _warm_start(pipe: Any, folder: Path) -> None:
-    """Load an earlier run's UNet and text encoder, refusing shapes that differ from this recipe's."""
-    for name in ("unet", "text_encoder"):
-        if not (folder / name / "config.json").is_file():
+def _warm_start(pipe: Any, folder: str, names: tuple[str, ...], key: str) -> None:
+    """Load an earlier run's components, refusing shapes that differ from this recipe's."""
+    root = EMBEDDED_DIR if folder == EMBEDDED_NAME else Path(folder)
+    for name in names:
+        path = root / name
+        if not (path / "config.json").is_file():
             raise ConfigError(
-                f"training.unet_init: {folder / name} is not a saved {name}; give a base model folder "
-                "or a work folder's denoiser/"
+                f"training.{key}: {path} is not a saved {name}; give a base model folder (or 'embedded')"
+                + (" or a work folder's denoiser/" if name != "vae" else "")
             )
-        loaded = type(getattr(pipe, name)).from_pretrained(folder / name).float()
+        loaded = type(getattr(pipe, name)).from_pretrained(path).float()
         if _shapes(loaded) != _shapes(getattr(pipe, name)):
             raise ConfigError(
-                f"training.unet_init: {folder / name} has another architecture than this recipe's; "
+                f"training.{key}: {path} has another architecture than this recipe's; "
                 "start from a model trained with the same architecture section"
             )
         setattr(pipe, name, loaded)

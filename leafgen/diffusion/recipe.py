@@ -103,6 +103,9 @@ class TinyTraining:
     """Learning rate of the decoder fine-tune as a fraction of ``vae_learning_rate``."""
     unet_steps: int = 6500
     """Optimiser steps of the UNet and text encoder, trained jointly on cached latents."""
+    vae_init: str | None = None
+    """A trained base model folder (``embedded``: the committed one) whose autoencoder is reused instead of
+    training one: how a later run retrains only the denoiser. Its shapes must be this recipe's."""
     unet_init: str | None = None
     """A trained base model folder (or a work folder's ``denoiser/``) whose UNet and text encoder start
     the denoiser phase instead of random weights: how a model is trained further in a second run. Its
@@ -124,6 +127,11 @@ class TinyTraining:
     """Share of images trained with the empty prompt, for classifier-free guidance."""
     generic_prompt_share: float = 0.4
     """Share trained with a class-free prompt (``leaf``), so it means any non-minority leaf."""
+    generic_prompt_share_by_class: dict[str, float] | None = None
+    """Per-class override of ``generic_prompt_share`` (null: the same share for every class). Photos
+    captioned just "leaf" are mostly healthy leaves, and SD v1.5 draws a healthy leaf for ``leaf``; a
+    class-free prompt trained evenly on rust and scab leaves instead teaches a tiny model to blend rust
+    spots with scab blotches, which reads as the minority class (docs/base_model.md, run 7)."""
     generic_prompts: tuple[str, ...] = ("leaf", "a leaf", "a photo of a leaf", "a photo of a leaf on a tree")
     """Prompts that name no class."""
     class_prompts: dict[str, tuple[str, ...]] = field(
@@ -141,12 +149,23 @@ class TinyTraining:
         # A negative weight would make pixel weights negative: a loss that rewards losing lesions.
         for name in ("vae_edge_weight", "vae_detail_weight"):
             positive(name, getattr(self, name), allow_zero=True)
-        if not 0 <= self.empty_prompt_share + self.generic_prompt_share <= 1:
+        by_class = self.generic_prompt_share_by_class or {}
+        shares = {"generic_prompt_share": self.generic_prompt_share}
+        shares.update({f"generic_prompt_share_by_class.{c}": v for c, v in by_class.items()})
+        for name, share in shares.items():
+            if not 0 <= self.empty_prompt_share + share <= 1:
+                raise FieldError(name, "empty_prompt_share plus this share must be in [0, 1]")
+        unknown = set(by_class) - set(self.class_prompts)
+        if unknown:
             raise FieldError(
-                "generic_prompt_share", "empty_prompt_share + generic_prompt_share must be in [0, 1]"
+                "generic_prompt_share_by_class", f"{sorted(unknown)} are not classes of class_prompts"
             )
         if "multiple_diseases" in self.class_prompts:
             raise FieldError("class_prompts", "the base model must never see the minority class")
+
+    def generic_share(self, label: str) -> float:
+        """Share of ``label``'s images trained with a class-free prompt."""
+        return (self.generic_prompt_share_by_class or {}).get(label, self.generic_prompt_share)
 
 
 @dataclass

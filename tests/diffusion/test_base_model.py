@@ -87,6 +87,25 @@ def test_a_second_run_continues_from_an_earlier_denoiser(trained, tmp_path):
         train_base_model(wrong, tmp_path / "wrong", tmp_path / "wrong-work")
 
 
+def test_a_later_run_reuses_an_earlier_models_autoencoder_without_training_it(trained, tmp_path):
+    recipe, out, _ = trained
+    later = replace(
+        recipe, training=replace(recipe.training, vae_init=str(out), unet_steps=2, decoder_steps=0)
+    )
+    work = tmp_path / "work"
+    model = train_base_model(later, tmp_path / "later", work)
+    assert {row["phase"] for row in read_history(work)} == {"denoiser"}
+    assert not (work / "vae").exists()
+    given = AutoencoderKL.from_pretrained(out / "vae").state_dict()
+    kept = AutoencoderKL.from_pretrained(model / "vae").state_dict()
+    assert all(torch.equal(kept[k], given[k]) for k in given)
+
+    with pytest.raises(ConfigError, match="training.vae_init: .* is not a saved vae"):
+        train_base_model(
+            replace(later, training=replace(later.training, vae_init=str(tmp_path))), tmp_path / "x", work
+        )
+
+
 def test_a_new_denoiser_shape_keeps_the_trained_autoencoder():
     base = TinyModelRecipe()
     arch = base.architecture
@@ -190,6 +209,24 @@ def test_prompt_shares_follow_the_recipe():
     assert abs(prompts.count("") / 20000 - t.empty_prompt_share) < 0.01
     assert abs(sum(p in t.generic_prompts for p in prompts) / 20000 - t.generic_prompt_share) < 0.015
     assert not any("scab" in p or "healthy" in p for p in prompts)
+
+
+def test_class_free_prompts_can_be_trained_mostly_on_one_class():
+    import numpy as np
+
+    base = TinyModelRecipe()
+    t = replace(base.training, generic_prompt_share_by_class={"healthy": 0.6, "rust": 0.1})
+    recipe = replace(base, training=t)
+    table = prompt_table(recipe)
+    for label, share in (("healthy", 0.6), ("rust", 0.1), ("scab", t.generic_prompt_share)):
+        picks = [table[i] for i in sample_prompts([label] * 20000, recipe, np.random.default_rng(0))]
+        assert abs(sum(p in t.generic_prompts for p in picks) / 20000 - share) < 0.015, label
+    with pytest.raises(ConfigError, match="generic_prompt_share_by_class.healthy: empty_prompt_share plus"):
+        from_dict(TinyModelRecipe, {"training": {"generic_prompt_share_by_class": {"healthy": 0.95}}})
+    with pytest.raises(ConfigError, match="not classes of class_prompts"):
+        from_dict(
+            TinyModelRecipe, {"training": {"generic_prompt_share_by_class": {"multiple_diseases": 0.1}}}
+        )
 
 
 def test_detail_weight_makes_a_lost_lesion_cost_more_than_an_even_colour_shift():

@@ -16,7 +16,22 @@ from leafgen.diffusion.components import EMBEDDED_DIR, resolve_model_path
 from leafgen.diffusion.recipe import TinyModelRecipe
 from leafgen.diffusion.tokenizer import clip_tokenizer
 
-FIRST_RUN_FILE = "leafgen_recipe_first_run.yaml"
+# The committed weights came from four runs, each continuing the one before (the model card says how).
+RUN_FILES = (
+    "leafgen_recipe_first_run.yaml",
+    "leafgen_recipe_second_run.yaml",
+    "leafgen_recipe_third_run.yaml",
+    RECIPE_FILE,
+)
+# What a continuation may change: where it starts from, how long and how fast the denoiser trains, and
+# what the class-free prompts are trained on.
+CONTINUATION_FIELDS = (
+    "vae_init",
+    "unet_init",
+    "unet_steps",
+    "unet_learning_rate",
+    "generic_prompt_share_by_class",
+)
 
 
 def test_committed_model_loads_with_plain_diffusers_and_draws_at_64x96():
@@ -33,19 +48,13 @@ def test_committed_model_loads_with_plain_diffusers_and_draws_at_64x96():
     assert out.shape == (1, 64, 96, 3) and np.isfinite(out).all()
 
 
-def test_committed_recipes_are_the_code_defaults_plus_the_recorded_continuation():
-    first = from_dict(TinyModelRecipe, read_yaml(EMBEDDED_DIR / FIRST_RUN_FILE))
-    final = from_dict(TinyModelRecipe, read_yaml(EMBEDDED_DIR / RECIPE_FILE))
-    assert first == TinyModelRecipe()  # the defaults made the first run
-    # The second run continued the first run's denoiser; nothing else about the recipe changed.
-    assert final.training.unet_init and first.training.unet_init is None
-    same = replace(
-        final.training,
-        unet_init=None,
-        unet_steps=first.training.unet_steps,
-        unet_learning_rate=first.training.unet_learning_rate,
-    )
-    assert replace(final, training=same) == first
+def test_committed_recipes_are_the_code_defaults_plus_the_recorded_continuations():
+    runs = [from_dict(TinyModelRecipe, read_yaml(EMBEDDED_DIR / name)) for name in RUN_FILES]
+    assert runs[0] == TinyModelRecipe()  # the defaults made the first run
+    for earlier, later in zip(runs, runs[1:]):
+        assert later.training.unet_init  # a continuation starts from the run before
+        kept = {name: getattr(earlier.training, name) for name in CONTINUATION_FIELDS}
+        assert replace(later, training=replace(later.training, **kept)) == earlier
 
 
 def test_committed_tokenizer_is_clips_vocabulary_at_the_recipe_length():
