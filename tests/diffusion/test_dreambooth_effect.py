@@ -94,7 +94,6 @@ def fine_tune(cfg: DreamBoothConfig, instance: list[Path], classes: list[Path], 
 
 @pytest.mark.slow
 def test_dreambooth_teaches_the_class_and_prior_preservation_holds_the_class_prompt(leaves, judge, tmp_path):
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     _, labels, paths = leaves
     instance = [p for p, label in zip(paths, labels) if label == TARGET]
     device = torch.device("cpu")
