@@ -48,6 +48,18 @@ DB = DreamBoothConfig(
 )
 
 
+def keep_last(folder: Path):
+    """A ``report`` callable that keeps a copy of the latest checkpoint in ``folder`` (the trainers hand
+    over temporary folders)."""
+
+    def report(metrics, checkpoint=None):
+        if checkpoint is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(checkpoint, folder)
+
+    return report
+
+
 @pytest.fixture(scope="module")
 def leaves(tmp_path_factory):
     """Procedural leaves with their own seed: images at the model's size and each one's file and label."""
@@ -64,14 +76,8 @@ def judge(leaves, tmp_path_factory):
     images, labels, _ = leaves
     cfg = ClassifierConfig(weights="embedded", image_size=64, epochs=3, balanced_sampling=True, seed=1000)
     keep = tmp_path_factory.mktemp("judge") / "last"
-
-    def report(metrics, checkpoint=None):
-        if checkpoint is not None:
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(checkpoint, keep)
-
     val = np.arange(len(labels)) % 5 == 0
-    fit(cfg, SplitArrays(images[~val], labels[~val]), SplitArrays(images[val], labels[val]), report)
+    fit(cfg, SplitArrays(images[~val], labels[~val]), SplitArrays(images[val], labels[val]), keep_last(keep))
     return load_classifier(keep)[0]
 
 
@@ -82,13 +88,8 @@ def target_share(pipe, judge, prompt: str) -> float:
 
 def fine_tune(cfg: DreamBoothConfig, instance: list[Path], classes: list[Path], out: Path) -> str:
     kept = out / "checkpoint"
-
-    def report(metrics, checkpoint=None):
-        if checkpoint is not None:
-            shutil.rmtree(kept, ignore_errors=True)
-            shutil.copytree(checkpoint, kept)
-
-    fit_dreambooth(cfg, BASE, instance, classes if cfg.prior_loss_weight else [], SIZE, report, out / "grids")
+    classes = classes if cfg.prior_loss_weight else []
+    fit_dreambooth(cfg, BASE, instance, classes, SIZE, keep_last(kept), out / "grids")
     return str(export_checkpoint(cfg, BASE, kept, out / "model"))
 
 
@@ -99,11 +100,10 @@ def test_dreambooth_teaches_the_class_and_prior_preservation_holds_the_class_pro
     device = torch.device("cpu")
     base = load_generation_pipeline(EngineSettings(BASE), device)
     class_images = generate(base, DB.class_prompt, DB.num_class_images, 10_000, 32, 20, 3.0, SIZE)
-    classes = []
-    for i, image in enumerate(class_images):
-        classes.append(tmp_path / "class" / f"{i}.png")
-        classes[-1].parent.mkdir(exist_ok=True)
-        save_image(image, classes[-1])
+    classes = [tmp_path / "class" / f"{i}.png" for i in range(len(class_images))]
+    classes[0].parent.mkdir()
+    for image, path in zip(class_images, classes):
+        save_image(image, path)
 
     shares = {"base": {p: target_share(base, judge, p) for p in (DB.instance_prompt, DB.class_prompt)}}
     for name, weight in (("prior", 1.0), ("no prior", 0.0)):
