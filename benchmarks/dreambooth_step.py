@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from leafgen.config import DreamBoothConfig
 from leafgen.data.procedural import ProceduralSpec, make_dataset
 from leafgen.diffusion.components import build_pipeline
-from leafgen.diffusion.dreambooth import prepare_models, tokenize
-from leafgen.diffusion.dreambooth_data import ImageSet
-from leafgen.diffusion.dreambooth_loop import DreamBoothTrainer
-from leafgen.diffusion.recipe import SD15_SHAPES, TinyArchitecture
+from leafgen.diffusion.embedded.recipe import SD15_SHAPES, TinyArchitecture
+from leafgen.diffusion.finetune.data import ImageSet
+from leafgen.diffusion.finetune.dreambooth import prepare_models, tokenize
+from leafgen.diffusion.finetune.loop import DreamBoothTrainer
 
 
 def _config(args: argparse.Namespace, crop: str) -> DreamBoothConfig:

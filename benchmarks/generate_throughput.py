@@ -27,10 +27,10 @@ from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from PIL import Image
 
 from leafgen.config import GenerateConfig, RayConfig
-from leafgen.diffusion.adapters import EngineSettings
 from leafgen.diffusion.components import build_pipeline, initial_noise
-from leafgen.diffusion.prompt_table import TableSpec, prompt_table
-from leafgen.diffusion.recipe import SD15_SHAPES, TinyArchitecture
+from leafgen.diffusion.embedded.recipe import SD15_SHAPES, TinyArchitecture
+from leafgen.diffusion.finetune.adapters import EngineSettings
+from leafgen.diffusion.generation.prompt_table import TableSpec, prompt_table
 from leafgen.distributed.generate import generate_on_ray
 
 

@@ -90,7 +90,7 @@ def _cmd_dreambooth(args: argparse.Namespace) -> None:
 
 def _cmd_probe_drift(args: argparse.Namespace) -> None:
     from leafgen.config import load_config
-    from leafgen.diffusion.drift import DriftSettings, format_drift, probe_run
+    from leafgen.diffusion.probes.drift import DriftSettings, format_drift, probe_run
     from leafgen.errors import LeafgenError
     from leafgen.pipeline import run_pipeline
 
@@ -108,8 +108,8 @@ def _cmd_probe_drift(args: argparse.Namespace) -> None:
 
 def _cmd_base_model(args: argparse.Namespace) -> None:
     from leafgen.config.loader import apply_overrides, from_dict, read_yaml
-    from leafgen.diffusion.base_model import loss_drop, read_history, train_base_model
-    from leafgen.diffusion.recipe import TinyModelRecipe
+    from leafgen.diffusion.embedded.base_model import loss_drop, read_history, train_base_model
+    from leafgen.diffusion.embedded.recipe import TinyModelRecipe
 
     raw = apply_overrides(read_yaml(args.config) if args.config else {}, args.overrides)
     recipe = from_dict(TinyModelRecipe, raw)
@@ -134,7 +134,7 @@ def _cmd_backbone(args: argparse.Namespace) -> None:
 
 def _cmd_check_base_model(args: argparse.Namespace) -> None:
     from leafgen.config import load_config
-    from leafgen.diffusion.base_model_check import CheckSettings, check_base_model, format_check
+    from leafgen.diffusion.embedded.check import CheckSettings, check_base_model, format_check
     from leafgen.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.overrides)

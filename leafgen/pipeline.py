@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from leafgen.classifier.stage import CLASSIFIER, JUDGE
 from leafgen.config import PipelineConfig
 from leafgen.data.stages import DATASET, SPLIT
-from leafgen.diffusion.dreambooth_stage import CLASS_IMAGES, DREAMBOOTH
-from leafgen.diffusion.drift import DRIFT
-from leafgen.diffusion.generation_stage import GATE, GENERATE, GENERATE_FINETUNED
+from leafgen.diffusion.finetune.stages import CLASS_IMAGES, DREAMBOOTH
+from leafgen.diffusion.generation.stages import GATE, GENERATE, GENERATE_FINETUNED
+from leafgen.diffusion.probes.drift import DRIFT
 from leafgen.errors import StageError
 from leafgen.evaluation.arms import ARMS_STAGE, RETRAIN
 from leafgen.evaluation.mix_stage import MIX

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from leafgen.diffusion.recipe import TinyTraining
+from leafgen.diffusion.embedded.recipe import TinyTraining
 from leafgen.precision import autocast_bf16, native_bf16
 
 

@@ -20,8 +20,8 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from leafgen.diffusion.recipe import TinyArchitecture
-from leafgen.diffusion.tokenizer import clip_tokenizer
+from leafgen.diffusion.embedded.recipe import TinyArchitecture
+from leafgen.diffusion.embedded.tokenizer import clip_tokenizer
 from leafgen.errors import LeafgenError
 
 # The committed tiny model; ``base_model.name_or_path: embedded`` means this folder.

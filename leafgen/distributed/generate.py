@@ -1,10 +1,10 @@
 """Generation on Ray Data: prompt rows sharded over an actor pool, one diffusers pipeline per actor.
 
 Only wiring lives here. The rows not yet finished (``manifest.finished_ids``) go into ``from_items``;
-``map_batches`` runs :class:`~leafgen.diffusion.generator.ImageGenerator` on an ``ActorPoolStrategy`` with
-one GPU per actor, or on CPU with ``cpu_threads`` CPUs (and torch threads) each. Actors write images and
-manifest parts themselves, so whatever finished before a crash of an actor or of the driver is kept, and
-the same call again renders only what is missing.
+``map_batches`` runs :class:`~leafgen.diffusion.generation.generator.ImageGenerator` on an
+``ActorPoolStrategy`` with one GPU per actor, or on CPU with ``cpu_threads`` CPUs (and torch threads)
+each. Actors write images and manifest parts themselves, so whatever finished before a crash of an actor or
+of the driver is kept, and the same call again renders only what is missing.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from ray.data import ActorPoolStrategy, DataContext
 from tqdm.auto import tqdm
 
 from leafgen.config import RayConfig
-from leafgen.diffusion.adapters import EngineSettings
-from leafgen.diffusion.generator import ImageGenerator
-from leafgen.diffusion.manifest import finalize, finished_ids, image_file
-from leafgen.diffusion.prompt_table import Row
+from leafgen.diffusion.finetune.adapters import EngineSettings
+from leafgen.diffusion.generation.generator import ImageGenerator
+from leafgen.diffusion.generation.manifest import finalize, finished_ids, image_file
+from leafgen.diffusion.generation.prompt_table import Row
 from leafgen.distributed.runtime import job_resources
 from leafgen.errors import LeafgenError
 from leafgen.run_storage import RunStorage

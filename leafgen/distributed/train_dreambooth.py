@@ -20,7 +20,7 @@ from ray.train import (
 from torch.utils.tensorboard import SummaryWriter
 
 from leafgen.config import PipelineConfig
-from leafgen.diffusion.dreambooth_train import fit_dreambooth
+from leafgen.diffusion.finetune.train import fit_dreambooth
 from leafgen.distributed.torch_trainer import (
     RankZeroLog,
     build_trainer,

@@ -14,7 +14,7 @@ from leafgen.data.images import image_path
 from leafgen.data.mixing import mix_train, write_mix
 from leafgen.data.split import read_split, split_counts
 from leafgen.data.stages import dataset_root
-from leafgen.diffusion.manifest import read_manifest
+from leafgen.diffusion.generation.manifest import read_manifest
 from leafgen.stages import Stage, StageContext
 
 MIX_FILE = "mix.csv"

@@ -107,7 +107,7 @@ def image_grid(
     from torchvision.utils import save_image
 
     from leafgen.data.cache import decode_resized
-    from leafgen.diffusion.evaluate import to_unit_float
+    from leafgen.diffusion.probes.evaluate import to_unit_float
 
     if not paths:
         return None

@@ -17,8 +17,8 @@ from leafgen import atomic
 from leafgen.classifier.stage import CLASSIFIER
 from leafgen.config import PipelineConfig
 from leafgen.data.stages import DATASET, SPLIT
-from leafgen.diffusion.dreambooth_stage import CLASS_IMAGES, DREAMBOOTH
-from leafgen.diffusion.generation_stage import GATE, GENERATE_FINETUNED
+from leafgen.diffusion.finetune.stages import CLASS_IMAGES, DREAMBOOTH
+from leafgen.diffusion.generation.stages import GATE, GENERATE_FINETUNED
 from leafgen.evaluation.arms import arm_config, mixed_arrays
 from leafgen.evaluation.mix_stage import MIX
 from leafgen.stages import Stage, StageContext

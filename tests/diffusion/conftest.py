@@ -11,7 +11,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from leafgen.diffusion.components import build_pipeline
-from leafgen.diffusion.recipe import TinyArchitecture, TinyModelRecipe, TinyTraining
+from leafgen.diffusion.embedded.recipe import TinyArchitecture, TinyModelRecipe, TinyTraining
 
 
 def tiny_architecture() -> TinyArchitecture:
@@ -93,7 +93,7 @@ def lora_adapter(tiny_model_dir, tmp_path_factory):
 def trained_tiny_model(tmp_path_factory):
     """A tiny pipeline trained by the real recipe code long enough that its autoencoder round-trips
     images recognisably (used where random weights would make a check meaningless)."""
-    from leafgen.diffusion.base_model import train_base_model
+    from leafgen.diffusion.embedded.base_model import train_base_model
 
     root = tmp_path_factory.mktemp("trained-t2i")
     recipe = tiny_recipe(vae_steps=200, unet_steps=400, vae_crop=0, vae_batch_size=16)

@@ -75,7 +75,7 @@ def test_dreambooth_command_trains_with_ddp_and_writes_a_loadable_output(dreambo
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(dreambooth_run, tmp_path):
-    from leafgen.diffusion.generation_stage import train_sources
+    from leafgen.diffusion.generation.stages import train_sources
     from leafgen.distributed.train_dreambooth import read_history, train_dreambooth_on_ray
     from leafgen.stages import StageContext
 

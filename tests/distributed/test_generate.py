@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from leafgen.cli import main
-from leafgen.diffusion.adapters import EngineSettings
-from leafgen.diffusion.manifest import read_parts, sha256_file
-from leafgen.diffusion.prompt_table import TableSpec, prompt_table
+from leafgen.diffusion.finetune.adapters import EngineSettings
+from leafgen.diffusion.generation.manifest import read_parts, sha256_file
+from leafgen.diffusion.generation.prompt_table import TableSpec, prompt_table
 from leafgen.distributed.generate import actor_plan, generate_on_ray
 
 from ..diffusion.conftest import IDENTIFIER, plain_diffusers_images, read_pixels

@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from leafgen.diffusion.manifest import read_parts, sha256_file
+from leafgen.diffusion.generation.manifest import read_parts, sha256_file
 from leafgen.distributed.train_classifier import read_history
 from leafgen.run_storage import MIRROR_ENV
 from leafgen.stages import RunDir
@@ -128,8 +128,8 @@ def test_training_survives_the_loss_of_a_node(cluster, data_run, tmp_path):
 
 GENERATE = """
 import sys
-from leafgen.diffusion.adapters import EngineSettings
-from leafgen.diffusion.prompt_table import TableSpec, prompt_table
+from leafgen.diffusion.finetune.adapters import EngineSettings
+from leafgen.diffusion.generation.prompt_table import TableSpec, prompt_table
 from leafgen.distributed.generate import generate_on_ray
 spec = TableSpec(num_images=24, prompts=("a leaf",), negative_prompt="", seed=0, steps=8, guidance=3.0,
                  height=16, width=24)

@@ -1,0 +1,118 @@
+"""What DreamBooth leaves behind, in the formats a diffusers user loads (DESIGN.md), and its validation
+grids.
+
+- LoRA run: ``pytorch_lora_weights.safetensors`` (UNet, and text-encoder LoRA when trained;
+  ``load_lora_weights``) plus ``learned_embeds.safetensors`` for a new token (``load_textual_inversion``).
+- Full fine-tune: a pipeline folder (``StableDiffusionPipeline.from_pretrained``) whose tokenizer and
+  text encoder already hold the token; ``learned_embeds.safetensors`` is written beside it as well.
+- Both: ``README.md``, a model card with the exact config.
+
+The folder is assembled under a temporary name and renamed into place, so it is complete or absent.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft.utils import get_peft_model_state_dict
+from torchvision.utils import make_grid
+
+from leafgen.config import DreamBoothConfig, dump_yaml
+from leafgen.diffusion.components import initial_noise
+from leafgen.diffusion.finetune.adapters import LORA_FILE
+from leafgen.diffusion.finetune.dreambooth import DreamBoothModels
+from leafgen.diffusion.finetune.identifier import save_learned_embeds
+
+
+def inference_pipeline(models: DreamBoothModels) -> StableDiffusionPipeline:
+    """A pipeline sharing the training components (their current weights), with the DPM-Solver++ sampler."""
+    pipe = StableDiffusionPipeline(
+        vae=models.vae,
+        text_encoder=models.text_encoder,
+        tokenizer=models.tokenizer,
+        unet=models.unet,
+        scheduler=DPMSolverMultistepScheduler.from_config(models.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def validation_grid(
+    models: DreamBoothModels,
+    prompts: tuple[str, ...],
+    per_prompt: int,
+    size: tuple[int, int],
+    steps: int = 20,
+    guidance: float = 3.0,
+) -> torch.Tensor:
+    """One row per prompt, images with seeds 0..per_prompt-1 (the same every time, so rows compare across
+    training steps); a float image (3, H, W) in [0, 1]."""
+    pipe = inference_pipeline(models)
+    training = models.unet.training, models.text_encoder.training
+    models.unet.eval(), models.text_encoder.eval()
+    rows = []
+    for prompt in prompts:
+        gens = [torch.Generator().manual_seed(s) for s in range(per_prompt)]
+        rows.append(
+            pipe(
+                [prompt] * per_prompt,
+                height=size[0],
+                width=size[1],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=gens,
+                latents=initial_noise(pipe, gens, *size),
+                output_type="pt",
+            ).images.cpu()
+        )
+    models.unet.train(training[0]), models.text_encoder.train(training[1])
+    return make_grid(torch.cat(rows), nrow=per_prompt, padding=1)
+
+
+def model_card(cfg: DreamBoothConfig, base_model: str, kind: str) -> str:
+    return (
+        f"# DreamBooth {kind} of `{base_model}` (leafgen)\n\n"
+        f"Instance prompt `{cfg.instance_prompt}`, class prompt `{cfg.class_prompt}`, identifier "
+        f"`{cfg.identifier_token}` ({'new token' if cfg.new_token else 'existing token'}).\n\n"
+        "```yaml\n" + dump_yaml(cfg) + "```\n"
+    )
+
+
+def save_dreambooth(models: DreamBoothModels, cfg: DreamBoothConfig, base_model: str, out: Path) -> Path:
+    """Write the output folder ``out`` (replacing an older one) and return it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if cfg.lora_rank:
+            text_layers = None
+            if cfg.train_text_encoder:
+                text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(models.text_encoder))
+            StableDiffusionPipeline.save_lora_weights(
+                tmp,
+                unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(models.unet)),
+                text_encoder_lora_layers=text_layers,
+                weight_name=LORA_FILE,
+                safe_serialization=True,
+            )
+        else:
+            inference_pipeline(models).save_pretrained(tmp, safe_serialization=True)
+        if models.new_token:
+            save_learned_embeds(models.text_encoder, cfg.identifier_token, models.token_id, tmp)
+        kind = "LoRA" if cfg.lora_rank else "full fine-tune"
+        (tmp / "README.md").write_text(model_card(cfg, base_model, kind))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

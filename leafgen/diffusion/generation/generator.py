@@ -1,0 +1,131 @@
+"""The generation worker: one diffusers pipeline, called on batches of prompt-table rows.
+
+``ImageGenerator`` is what Ray Data's ``map_batches`` instantiates once per actor, and it is just as
+callable without Ray. Each call renders whole groups of rows per pipeline call (rows that share steps,
+guidance, mode, strength and size), each row with its own ``torch.Generator``, so an image depends on its
+row only, not on its batch or actor, nor (text-to-image) on the device or precision. It writes every image
+atomically, then the batch's manifest part, and returns the manifest rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline
+from diffusers.utils import logging as diffusers_logging
+from PIL import Image, ImageOps
+from transformers.utils import logging as transformers_logging
+
+from leafgen import atomic
+from leafgen.data.images import open_rgb
+from leafgen.diffusion.components import initial_noise
+from leafgen.diffusion.finetune.adapters import EngineSettings, load_generation_pipeline
+from leafgen.diffusion.generation.manifest import MANIFEST_KEYS, image_file, write_part
+from leafgen.diffusion.generation.prompt_table import Row, columns_from_rows, rows_from_columns
+
+# Rows that may share one pipeline call.
+_GROUP_KEYS = ("mode", "steps", "guidance", "strength", "height", "width")
+
+
+def load_source(path: str, height: int, width: int) -> Image.Image:
+    """An img2img source image, upright RGB, resized to cover ``height x width`` and centre-cropped."""
+    img = open_rgb(Path(path), "an img2img source image")
+    return ImageOps.fit(img, (width, height), Image.Resampling.LANCZOS)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class ImageGenerator:
+    """Renders prompt-table rows to ``<out_dir>/images/<id>.png`` and records them in the manifest.
+
+    ``engine`` is an :class:`EngineSettings` as a dict (as Ray passes constructor arguments); ``threads``
+    caps torch's CPU threads, so CPU actors sharing a node do not oversubscribe it.
+    """
+
+    def __init__(self, engine: dict[str, Any], out_dir: str, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        # One bar over all images is the driver's; per-actor loading bars would interleave with it.
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+        self.settings = EngineSettings(**engine)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.pipe = load_generation_pipeline(self.settings, self.device)
+        self.scheduler = type(self.pipe.scheduler).__name__
+        self._img2img: StableDiffusionImg2ImgPipeline | None = None
+        self.out_dir = Path(out_dir)
+
+    @property
+    def img2img(self) -> StableDiffusionImg2ImgPipeline:
+        if self._img2img is None:
+            # Shares every component with the text-to-image pipeline: no second copy of the weights.
+            self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.pipe)
+        return self._img2img
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = rows_from_columns(batch)
+        done: list[Row] = []
+        group_of = lambda row: tuple(row[k] for k in _GROUP_KEYS)  # noqa: E731
+        for _, group in itertools.groupby(sorted(rows, key=group_of), key=group_of):
+            done += self.render(list(group))
+        self.record(done)
+        return columns_from_rows(done, MANIFEST_KEYS)
+
+    def record(self, done: list[Row]) -> Path:
+        """Write a finished batch's manifest part (its images are already written); returns its path."""
+        return write_part(self.out_dir, done)
+
+    @torch.inference_mode()
+    def render(self, rows: Sequence[Row]) -> list[Row]:
+        """Generate one group of rows in a single pipeline call and write their images."""
+        first = rows[0]
+        generators = [torch.Generator("cpu").manual_seed(int(row["seed"])) for row in rows]
+        kwargs: dict[str, Any] = dict(
+            prompt=[row["prompt"] for row in rows],
+            negative_prompt=[row["negative_prompt"] for row in rows]
+            if any(row["negative_prompt"] for row in rows)
+            else None,
+            num_inference_steps=int(first["steps"]),
+            guidance_scale=float(first["guidance"]),
+            generator=generators,
+            output_type="np",
+        )
+        t0 = time.perf_counter()
+        if first["mode"] == "img2img":
+            sources = [load_source(row["source_path"], first["height"], first["width"]) for row in rows]
+            images = self.img2img(image=sources, strength=float(first["strength"]), **kwargs).images
+        else:
+            height, width = int(first["height"]), int(first["width"])
+            latents = initial_noise(self.pipe, generators, height, width)
+            images = self.pipe(height=height, width=width, latents=latents, **kwargs).images
+        seconds = (time.perf_counter() - t0) / len(rows)
+        results = []
+        for row, image in zip(rows, images):
+            data = png_bytes((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+            target = image_file(self.out_dir, row["id"])
+            atomic.write_bytes(target, data)
+            results.append(
+                {
+                    **row,
+                    "file": f"{target.parent.name}/{target.name}",
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "seconds": seconds,
+                    "finished_at": time.time(),
+                    "scheduler": self.scheduler,
+                    "base_model": self.settings.base_model,
+                    "adapter": self.settings.adapter or "",
+                }
+            )
+        return results

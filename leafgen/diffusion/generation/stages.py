@@ -1,0 +1,222 @@
+"""The ``generate`` and ``gate`` pipeline stages.
+
+``generate`` turns ``GenerateConfig`` into a prompt table (img2img rows take real train-split images of the
+target class as sources) and renders it on Ray Data into ``run_dir/generate/`` (``images/``,
+``manifest.parquet``, ``samples.png``); an interrupted stage resumes from its manifest parts. ``gate``
+scores every image with the baseline classifier, drops copies of real images and writes
+``run_dir/gate/manifest.parquet`` with each score and decision, plus ``summary.json`` and grids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from torchvision.utils import save_image
+
+from leafgen import atomic
+from leafgen.classifier.training import input_size, load_classifier
+from leafgen.config import PipelineConfig
+from leafgen.data.images import image_path
+from leafgen.data.split import read_split
+from leafgen.data.stages import dataset_root
+from leafgen.diffusion.components import absolute_if_local
+from leafgen.diffusion.finetune.adapters import EngineSettings, adapter_kind
+from leafgen.diffusion.generation.gate import (
+    RealImages,
+    check_acceptance,
+    gate_rows,
+    load_float_images,
+    perceptual_hashes,
+)
+from leafgen.diffusion.generation.manifest import MANIFEST_FILE, read_manifest
+from leafgen.diffusion.generation.prompt_table import TableSpec, prompt_table, read_prompt_table
+from leafgen.errors import ConfigError, LeafgenError
+from leafgen.labels import CLASSES
+from leafgen.stages import Stage, StageContext
+
+GRID_IMAGES = 32
+
+
+def engine_settings(cfg: PipelineConfig, adapter: str | None = None) -> EngineSettings:
+    """What each generation actor loads: the base model (plus ``adapter``) and the sampler settings."""
+    g, b = cfg.generate, cfg.base_model
+    adapter = absolute_if_local(adapter) if adapter else None
+    return EngineSettings(absolute_if_local(b.name_or_path), b.revision, adapter, g.scheduler, g.dtype)
+
+
+def table_spec(cfg: PipelineConfig, **changes: Any) -> TableSpec:
+    """The prompt table ``generate`` asks for at the base model's resolution, with ``changes`` applied."""
+    g, b = cfg.generate, cfg.base_model
+    spec = TableSpec(
+        num_images=g.num_images,
+        prompts=g.prompts,
+        negative_prompt=g.negative_prompt,
+        seed=g.seed,
+        steps=g.num_inference_steps,
+        guidance=g.guidance_scale,
+        height=b.resolution,
+        width=b.width or b.resolution,
+        mode=g.mode,
+        strength=g.strength,
+    )
+    return replace(spec, **changes)
+
+
+def train_sources(cfg: PipelineConfig, ctx: StageContext) -> list[tuple[str, Path]]:
+    """(id, path) of the train split's target-class images: the only real images img2img may start from."""
+    root = dataset_root(cfg, ctx.inputs["dataset"], ctx.run.root) / "images"
+    target = CLASSES.index(cfg.data.target_class)
+    split = read_split(ctx.run.root / ctx.inputs["split"]["split_csv"])
+    return [(i, image_path(root, i)) for i, label in split["train"] if label == target]
+
+
+def save_grid(paths: list[Path], out: Path) -> None:
+    if paths:
+        with atomic.atomic_path(out) as tmp:
+            save_image(load_float_images(paths[:GRID_IMAGES]), tmp, nrow=8, padding=1)
+
+
+def render_into_stage(cfg: PipelineConfig, ctx: StageContext, rows: list, engine: EngineSettings) -> pa.Table:
+    """Generate ``rows`` on Ray into the stage folder with ``cfg.generate``'s batching, draw a sample
+    grid beside them and return their manifest."""
+    from leafgen.distributed.generate import generate_on_ray
+
+    g = cfg.generate
+    table = generate_on_ray(
+        rows, engine, ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads, run=ctx.run.storage
+    )
+    save_grid([ctx.dir / f for f in table.column("file").to_pylist()], ctx.dir / "samples.png")
+    return table
+
+
+def _check_generate(cfg: PipelineConfig) -> None:
+    table = cfg.generate.prompt_table
+    if table and not Path(table).expanduser().is_file():
+        raise LeafgenError(f"generate.prompt_table {table} does not exist")
+    if cfg.generate.adapter:
+        adapter_kind(cfg.generate.adapter)  # a bad adapter path fails before anything is cleared
+
+
+def _check_finetuned(cfg: PipelineConfig) -> None:
+    if cfg.generate.adapter:
+        raise ConfigError(
+            "generate.adapter is for `leafgen generate`; the pipeline generates from its own DreamBooth "
+            "output (run_dir/dreambooth/model): drop the override"
+        )
+    _check_generate(cfg)
+
+
+def _generate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    g = cfg.generate
+    adapter = g.adapter
+    if "dreambooth" in ctx.inputs:
+        adapter = str(ctx.run.root / ctx.inputs["dreambooth"]["model_dir"])
+    if g.prompt_table:
+        rows = read_prompt_table(Path(g.prompt_table).expanduser(), table_spec(cfg), train_sources(cfg, ctx))
+    else:
+        rows = prompt_table(table_spec(cfg), train_sources(cfg, ctx) if g.mode == "img2img" else [])
+    table = render_into_stage(cfg, ctx, rows, engine_settings(cfg, adapter))
+    seconds = sum(table.column("seconds").to_pylist())
+    return {"manifest": f"{ctx.dir.name}/{MANIFEST_FILE}", "images": table.num_rows, "model_seconds": seconds}
+
+
+def real_images(cfg: PipelineConfig, ctx: StageContext) -> RealImages:
+    """pHash bits of every labelled real image: train, val and test."""
+    root = dataset_root(cfg, ctx.inputs["dataset"], ctx.run.root) / "images"
+    ids = [
+        i for part in read_split(ctx.run.root / ctx.inputs["split"]["split_csv"]).values() for i, _ in part
+    ]
+    paths = [image_path(root, i) for i in ids]
+    return RealImages(ids, perceptual_hashes(paths, "hashing real images", cfg.data.max_image_pixels))
+
+
+def _gate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    generated = ctx.run.root / ctx.inputs["generate"]["manifest"]
+    rows = read_manifest(generated)
+    model, meta = load_classifier(ctx.run.root / ctx.inputs["classifier"]["model_dir"])
+    gated = gate_rows(
+        rows,
+        generated.parent,
+        model,
+        input_size(cfg.classifier),
+        real_images(cfg, ctx),
+        cfg.data.target_class,
+        cfg.gate,
+    )
+    rate = check_acceptance(gated, cfg.gate, cfg.data.target_class)
+    with atomic.atomic_path(ctx.dir / MANIFEST_FILE) as tmp:
+        pq.write_table(pa.Table.from_pylist(gated), tmp)
+    for name, keep in (("accepted", True), ("rejected", False)):
+        save_grid(
+            [generated.parent / r["file"] for r in gated if r["accepted"] == keep], ctx.dir / f"{name}.png"
+        )
+    summary = {
+        "images": len(gated),
+        "accepted": sum(r["accepted"] for r in gated),
+        "acceptance_rate": rate,
+        "rejected_by_reason": dict(Counter(r["reason"] for r in gated if r["reason"])),
+        "threshold": cfg.gate.threshold,
+        "near_duplicate_distance": cfg.gate.near_duplicate_distance,
+    }
+    atomic.write_json(ctx.dir / "summary.json", summary)
+    return {"manifest": f"{ctx.dir.name}/{MANIFEST_FILE}", **summary}
+
+
+# Batch size, actor count and threads change how fast images come, never which images: they stay out of
+# the key, so changing them resumes a run instead of starting it over.
+_IMAGE_KEYS = tuple(
+    f"generate.{name}"
+    for name in (
+        "num_images",
+        "prompts",
+        "negative_prompt",
+        "mode",
+        "strength",
+        "num_inference_steps",
+        "guidance_scale",
+        "scheduler",
+        "seed",
+        "prompt_table",
+        "adapter",
+        "dtype",
+    )
+)
+
+
+def _prompt_file_checksum(cfg: PipelineConfig) -> str | None:
+    # The table lives outside the run directory: key the stage on its bytes so an edit is noticed.
+    path = Path(cfg.generate.prompt_table or "").expanduser()
+    if not cfg.generate.prompt_table or not path.is_file():
+        return None  # absent: the stage's check reports a missing file before anything runs
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+GENERATE = Stage(
+    name="generate",
+    summary=lambda o: f"{o['images']} images",
+    fn=_generate,
+    config_keys=("base_model", *_IMAGE_KEYS, "data.target_class"),
+    inputs=("dataset", "split"),
+    fingerprint_inputs=_prompt_file_checksum,
+    check=_check_generate,
+)
+# The pipeline's variant: the same images, drawn from the DreamBooth output of the same run.
+GENERATE_FINETUNED = replace(
+    GENERATE,
+    config_keys=tuple(k for k in GENERATE.config_keys if k != "generate.adapter"),
+    inputs=(*GENERATE.inputs, "dreambooth"),
+    check=_check_finetuned,
+)
+GATE = Stage(
+    name="gate",
+    summary=lambda o: f"accepted {o['accepted']} of {o['images']} ({o['acceptance_rate']:.1%})",
+    fn=_gate,
+    config_keys=("gate", "classifier", "data.target_class"),
+    inputs=("dataset", "split", "classifier", "generate"),
+)

@@ -1,0 +1,2 @@
+"""Measuring what a text-to-image model draws with a classifier: sampling and scoring helpers, and the
+language-drift probe."""

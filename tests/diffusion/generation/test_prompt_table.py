@@ -1,0 +1,120 @@
+"""The prompt table: each row's seed and template depend on the base seed and its index only."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from leafgen.diffusion.generation.prompt_table import ROW_KEYS, TableSpec, prompt_table
+from leafgen.errors import LeafgenError
+
+SPEC = TableSpec(
+    num_images=40,
+    prompts=("a", "b", "c"),
+    negative_prompt="blurry",
+    seed=0,
+    steps=5,
+    guidance=2.0,
+    height=16,
+    width=24,
+)
+
+
+def test_more_images_keep_the_first_ones():
+    assert prompt_table(SPEC)[:10] == prompt_table(replace(SPEC, num_images=10))
+
+
+def test_rows_are_complete_and_ids_unique():
+    rows = prompt_table(SPEC)
+    assert all(tuple(row) == ROW_KEYS for row in rows)
+    assert len({row["id"] for row in rows}) == len(rows)
+
+
+def test_templates_are_drawn_per_row_and_seeds_do_not_overlap_between_base_seeds():
+    rows = prompt_table(SPEC)
+    assert set(Counter(row["prompt"] for row in rows)) == {"a", "b", "c"}
+    other = prompt_table(replace(SPEC, seed=1))
+    assert not {row["seed"] for row in rows} & {row["seed"] for row in other}
+
+
+def test_img2img_uses_every_source_before_repeating_one():
+    sources = [(f"Train_{i}", Path(f"/data/Train_{i}.jpg")) for i in range(7)]
+    rows = prompt_table(replace(SPEC, mode="img2img", strength=0.3, num_images=14), sources)
+    first, second = ([row["source_id"] for row in rows[k : k + 7]] for k in (0, 7))
+    assert sorted(first) == sorted(s for s, _ in sources) == sorted(second)
+    assert all(row["strength"] == 0.3 for row in rows)
+
+
+def test_img2img_without_sources_is_a_clear_error():
+    with pytest.raises(LeafgenError, match="no source images"):
+        prompt_table(replace(SPEC, mode="img2img"))
+
+
+def _write(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_a_user_prompt_table_fills_missing_values_from_the_config(tmp_path):
+    from leafgen.diffusion.generation.prompt_table import read_prompt_table
+
+    sources = [("Train_3", Path("/data/Train_3.jpg"))]
+    path = _write(
+        tmp_path / "table.parquet",
+        [
+            {
+                "id": "mine-1",
+                "prompt": "a leaf",
+                "seed": 7,
+                "mode": None,
+                "source_id": None,
+                "strength": None,
+            },
+            {
+                "id": "mine-2",
+                "prompt": "b leaf",
+                "seed": None,
+                "mode": "img2img",
+                "source_id": "Train_3",
+                "strength": 0.4,
+            },
+        ],
+    )
+    rows = read_prompt_table(path, SPEC, sources)
+    assert [r["id"] for r in rows] == ["mine-1", "mine-2"]
+    assert rows[0]["seed"] == 7 and rows[0]["steps"] == SPEC.steps and rows[0]["negative_prompt"] == "blurry"
+    assert rows[0]["mode"] == "txt2img" and rows[0]["strength"] == 1.0
+    assert rows[1]["source_path"] == "/data/Train_3.jpg" and rows[1]["strength"] == 0.4
+    assert all(tuple(r) == ROW_KEYS for r in rows)
+
+
+def test_a_bad_user_prompt_table_lists_every_problem_with_its_row(tmp_path):
+    from leafgen.diffusion.generation.prompt_table import read_prompt_table
+    from leafgen.errors import DataValidationError
+
+    path = _write(
+        tmp_path / "bad.parquet",
+        [
+            {"id": "../escape", "prompt": "x", "mode": None, "source_id": None},
+            {"id": "ok", "prompt": "", "mode": None, "source_id": None},
+            {"id": "ok", "prompt": "y", "mode": "img2img", "source_id": "Val_1"},
+        ],
+    )
+    with pytest.raises(DataValidationError) as err:
+        read_prompt_table(path, SPEC, [("Train_3", Path("/data/Train_3.jpg"))])
+    text = str(err.value)
+    assert "row 0: image_id '../escape'" in text and "row 1: prompt must be a non-empty string" in text
+    assert "row 2: id 'ok' repeats" in text and "row 2: img2img needs a source_id" in text
+    with pytest.raises(LeafgenError, match="cannot read the prompt table"):
+        read_prompt_table(_write_bytes(tmp_path / "x.parquet"), SPEC)
+
+
+def _write_bytes(path):
+    path.write_bytes(b"not parquet")
+    return path
