@@ -27,6 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 from leafgen import atomic
 from leafgen.config import PipelineConfig, from_dict, to_dict
 from leafgen.distributed.runtime import ensure_ray
+from leafgen.distributed.trial_context import trial_running
 from leafgen.errors import ConfigError
 from leafgen.pipeline import run_pipeline
 from leafgen.stage_store import StageStore
@@ -38,28 +39,13 @@ from leafgen.tuning.trial import TRIAL_STAGES
 TRIAL_MEMORY = 512 * 1024**2
 PENDING_FILE = "pending.json"
 
-_in_trial = False
-
-
-def trial_callbacks() -> list:
-    """Train callbacks for a classifier run: inside a trial, forward its reports to Tune."""
-    if not _in_trial:
-        return []
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    return [TuneReportCallback()]
-
 
 def _trial(values: dict[str, Any], base: dict, store: str, trials: str, job: dict[str, int | None]) -> None:
-    global _in_trial
     cfg = apply_values(from_dict(PipelineConfig, base), values)
     run_dir = Path(trials) / tune.get_context().get_trial_id()
     cfg = replace(cfg, run_dir=str(run_dir), ray=replace(cfg.ray, job_cpus=job["cpus"], job_gpus=job["gpus"]))
-    _in_trial = True
-    try:
+    with trial_running():
         results = {r.name: r for r in run_pipeline(cfg, stages=TRIAL_STAGES, store=StageStore(store))}
-    finally:
-        _in_trial = False
     fit = results["trial_fit"].outputs
     # One last report with the whole trial's outcome (also the only one when the fit was already done).
     tune.report(

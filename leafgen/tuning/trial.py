@@ -28,7 +28,7 @@ METRICS_FILE = "metrics.json"
 
 def _fit(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     from leafgen.distributed.train_classifier import read_history, train_on_ray
-    from leafgen.distributed.tune import trial_callbacks
+    from leafgen.distributed.trial_context import trial_callbacks
 
     arrays = mixed_arrays(cfg, ctx)
     arm_cfg = arm_config(cfg, "augmented", cfg.classifier.seed)
