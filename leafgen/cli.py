@@ -100,8 +100,11 @@ def _cmd_probe_drift(args: argparse.Namespace) -> None:
     if not Path(after).exists():
         raise LeafgenError(f"{after} does not exist: pass --after, or run leafgen dreambooth first")
     before = args.before or cfg.base_model.name_or_path
-    out = args.out or _run_root(cfg) / "drift"
-    settings = DriftSettings(samples=args.samples, steps=args.steps, guidance=args.guidance)
+    # Not the drift stage's own folder: that holds what the pipeline's probe wrote, and stays so.
+    out = args.out or _run_root(cfg) / "drift-probe"
+    settings = DriftSettings(
+        samples=args.samples, other_samples=args.other_samples, steps=args.steps, guidance=args.guidance
+    )
     print(format_drift(probe_run(cfg, before, str(after), out, settings)))
     print(f"grids and {out / 'drift.json'} written")
 
@@ -245,8 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(drift)
     drift.add_argument("--before", help="base model (default: base_model.name_or_path)")
     drift.add_argument("--after", type=Path, help="DreamBooth output (default: <run_dir>/dreambooth/model)")
-    drift.add_argument("--out", type=Path, help="folder for grids and drift.json (default: <run_dir>/drift)")
-    drift.add_argument("--samples", type=int, default=128, help="samples per prompt and model")
+    drift.add_argument(
+        "--out", type=Path, help="folder for grids and drift.json (default: <run_dir>/drift-probe)"
+    )
+    drift.add_argument(
+        "--samples", type=int, default=128, help="samples per model of the instance and class prompts"
+    )
+    drift.add_argument("--other-samples", type=int, default=8, help="samples per model of every other prompt")
     drift.add_argument("--steps", type=int, default=20, help="sampler steps")
     drift.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     drift.set_defaults(func=_cmd_probe_drift)

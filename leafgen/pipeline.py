@@ -10,6 +10,7 @@ from leafgen.data.stages import DATASET, SPLIT
 from leafgen.diffusion.finetune.stages import CLASS_IMAGES, DREAMBOOTH
 from leafgen.diffusion.generation.stages import GATE, GENERATE, GENERATE_FINETUNED
 from leafgen.diffusion.probes.drift import DRIFT
+from leafgen.diffusion.probes.generated_set import MEASURE
 from leafgen.errors import StageError
 from leafgen.evaluation.arms import ARMS_STAGE, RETRAIN
 from leafgen.evaluation.mix_stage import MIX
@@ -19,7 +20,8 @@ from leafgen.stage_store import StageStore
 from leafgen.stages import RunDir, Stage, StageResult, run_stage
 
 # The main job (`leafgen run`): data, baseline classifier and judge, DreamBooth and its drift probe,
-# synthetic images from the fine-tuned model, the gate, mixing, the arms over seeds, comparison, report.
+# synthetic images from the fine-tuned model, the gate, the generated set measured, mixing, the arms over
+# seeds, comparison, report.
 STAGES: tuple[Stage, ...] = (
     DATASET,
     SPLIT,
@@ -30,6 +32,7 @@ STAGES: tuple[Stage, ...] = (
     DRIFT,
     GENERATE_FINETUNED,
     GATE,
+    MEASURE,
     MIX,
     ARMS_STAGE,
     RETRAIN,

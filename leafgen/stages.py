@@ -44,6 +44,10 @@ class Stage:
     """Refuses a config the stage cannot run (raises ConfigError) before any old output is cleared."""
     summary: Callable[[dict[str, Any]], str] | None = None
     """One line about the stage's outputs for the pipeline's log."""
+    incremental: bool = False
+    """The stage keeps its folder when its key changes and reconciles it itself: each item it makes is
+    keyed on its own settings (the arms: one classifier per arm and seed), so a changed key redoes only
+    the items whose settings changed."""
 
 
 @dataclass
@@ -139,9 +143,10 @@ def run_stage(
     started = directory / STARTED
     storage.pull(started)
     resumable = started.is_file() and json.loads(started.read_text()).get("key") == key and not force
-    if directory.exists() and not resumable:
+    keep = resumable or (stage.incremental and not force)
+    if directory.exists() and not keep:
         _empty(directory)
-    if resumable:
+    if keep:
         storage.pull(directory)  # what the interrupted attempt kept: checkpoints, finished images
     else:
         storage.delete(directory)

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from leafgen.config import ClassifierConfig
 from leafgen.labels import CLASSES
@@ -45,17 +46,26 @@ def eval_transform() -> T.Compose:
 
 
 class ArrayDataset(Dataset):
-    """(image, label) pairs from an (N, H, W, 3) uint8 array, e.g. a memory-mapped cache entry."""
+    """(image, label) pairs from an (N, H, W, 3) uint8 array, e.g. a memory-mapped cache entry; with
+    ``weights``, (image, label, loss weight) triples."""
 
-    def __init__(self, images: np.ndarray, labels: Sequence[int], transform: T.Compose):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: Sequence[int],
+        transform: T.Compose,
+        weights: np.ndarray | None = None,
+    ):
         self.images, self.labels, self.transform = images, np.asarray(labels, dtype=np.int64), transform
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple:
         pixels = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)  # copy: the cache is read-only
-        return self.transform(pixels), int(self.labels[i])
+        item = (self.transform(pixels), int(self.labels[i]))
+        return item if self.weights is None else (*item, float(self.weights[i]))
 
 
 def class_weights(labels: Sequence[int]) -> torch.Tensor:
@@ -66,21 +76,36 @@ def class_weights(labels: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(weights)
 
 
-def balanced_sampler(labels: Sequence[int], seed: int) -> WeightedRandomSampler:
-    """Draws each class equally often (with replacement), one epoch = as many draws as images."""
-    labels = np.asarray(labels)
-    per_sample = 1.0 / np.bincount(labels, minlength=len(CLASSES))[labels]
-    return WeightedRandomSampler(
-        per_sample.tolist(),
-        num_samples=len(labels),
-        replacement=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
+class WeightedCrossEntropy(nn.Module):
+    """Cross-entropy with optional class weights and per-sample weights.
+
+    The loss is sum(class weight x sample weight x CE) / sum(class weight) over the batch: with every
+    sample weight 1 it is exactly ``nn.CrossEntropyLoss``'s mean, and a sample weight w scales that
+    sample's gradient by w and leaves every other sample's alone (the denominator does not see it).
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.label_smoothing = label_smoothing
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        per = F.cross_entropy(
+            logits, target, weight=self.weight, label_smoothing=self.label_smoothing, reduction="none"
+        )
+        denominator = self.weight[target].sum() if self.weight is not None else per.new_tensor(len(per))
+        if sample_weight is not None:
+            per = per * sample_weight.to(per.dtype)
+        return per.sum() / denominator
 
 
-def build_loss(cfg: ClassifierConfig, train_labels: Sequence[int]) -> nn.Module:
+def build_loss(cfg: ClassifierConfig, train_labels: Sequence[int]) -> WeightedCrossEntropy:
+    """The training loss; with a class-weighted loss, the weights are the inverse class frequencies of the
+    set it trains on (``train_labels``)."""
     weight = class_weights(train_labels) if cfg.class_weighted_loss else None
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    return WeightedCrossEntropy(weight, cfg.label_smoothing)
 
 
 def build_optimizer(model: nn.Module, cfg: ClassifierConfig) -> torch.optim.Optimizer:
@@ -125,15 +150,16 @@ def train_epoch(
     loss_fn = loss_fn.to(device)
     channels_last = device.type == "cuda"
     total, seen = 0.0, 0
-    for x, y in loader:
+    for x, y, *weight in loader:
         x = x.to(
             device,
             non_blocking=True,
             memory_format=torch.channels_last if channels_last else torch.contiguous_format,
         )
         y = y.to(device, non_blocking=True)
+        sample_weight = weight[0].to(device, non_blocking=True) if weight else None
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(x), y, sample_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -150,7 +176,7 @@ def predict_probs(
     """(N, C) softmax probabilities in loader order; ``flip_tta`` averages with the mirrored image."""
     model.eval()
     out = []
-    for x, _ in loader:
+    for x, *_ in loader:
         x = x.to(device)
         probs = model(x).float().softmax(1)
         if flip_tta:

@@ -8,20 +8,17 @@ TensorBoard logs in ``ray/tensorboard``. Ray is imported only through ``leafgen.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
 
 from leafgen import atomic
-from leafgen.classifier.engine import ArrayDataset, eval_transform, predict_probs
-from leafgen.classifier.metrics import classification_metrics, save_confusion_matrix
-from leafgen.classifier.training import META_FILE, MODEL_FILE, input_size, load_classifier
+from leafgen.classifier.export import LOG_DIR, export_run
+from leafgen.classifier.metrics import save_confusion_matrix
+from leafgen.classifier.runs import spec_for
+from leafgen.classifier.training import input_size
 from leafgen.config import PipelineConfig
 from leafgen.data.cache import ensure_cached
 from leafgen.data.images import image_path
@@ -32,7 +29,6 @@ from leafgen.run_storage import RunStorage
 from leafgen.stages import Stage, StageContext
 
 CACHE_DIR = "cache"
-TEST_PROBS = "test_probs.npy"
 
 
 def cache_split_arrays(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Path]:
@@ -57,44 +53,16 @@ def cache_split_arrays(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Path
     return arrays
 
 
-def predict_split(model_dir: Path, images: np.ndarray, flip_tta: bool) -> np.ndarray:
-    """(N, C) class probabilities of a trained classifier on cached images."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _ = load_classifier(model_dir, device)
-    labels = np.zeros(len(images), dtype=np.int64)
-    loader = DataLoader(ArrayDataset(images, labels, eval_transform()), batch_size=64)
-    return predict_probs(model, loader, device, flip_tta)
-
-
 def train_and_export(
     cfg: PipelineConfig, arrays: dict[str, Path], out: Path, run: RunStorage | None = None
 ) -> dict[str, Any]:
-    """Train on Ray into ``out/ray`` (resuming an interrupted run there), export the best checkpoint to
-    ``out/model`` and measure it on the held-out test split; writes ``metrics.json`` and the test
-    probabilities (``test_probs.npy``) and returns the metrics. ``run``: the run's open storage."""
-    from leafgen.distributed.train_classifier import read_history, train_on_ray
+    """One training on Ray into ``out`` (resuming an interrupted one there), exported: ``out/model``, the
+    val and test probabilities and ``metrics.json``; returns the metrics. ``run``: the run's open storage."""
+    from leafgen.distributed.train_classifier import read_history, train_runs_on_ray
 
-    result = train_on_ray(cfg, arrays, out / "ray", run=run)
-    best = result.get_best_checkpoint(cfg.classifier.checkpoint_metric, "max")
-    model_dir = out / "model"
-    shutil.rmtree(model_dir, ignore_errors=True)
-    with best.as_directory() as src:
-        model_dir.mkdir(parents=True)
-        for name in (MODEL_FILE, META_FILE):
-            shutil.copy2(Path(src) / name, model_dir / name)
-    _, meta = load_classifier(model_dir)
-    probs = predict_split(model_dir, np.load(arrays["test_images"], mmap_mode="r"), cfg.classifier.flip_tta)
-    with atomic.atomic_path(out / TEST_PROBS) as tmp:
-        np.save(tmp, probs)
-    test = classification_metrics(np.load(arrays["test_labels"]), probs, cfg.data.target_class)
-    history = read_history(out / "ray")
-    metrics = {"best_epoch": meta["epoch"] + 1, "best_val": meta["metrics"], "test": test, "history": history}
-    atomic.write_json(out / "metrics.json", metrics)
-    with SummaryWriter(str(out / "ray" / "tensorboard")) as writer:
-        for key, value in test.items():
-            if key != "confusion_matrix":
-                writer.add_scalar(f"test/{key}", value, meta["epoch"] + 1)
-    return metrics
+    spec = spec_for(out.name, out, cfg.classifier, arrays, cfg.data.target_class)
+    train_runs_on_ray(cfg, [spec], out / LOG_DIR, run=run)
+    return export_run(spec, arrays, cfg.classifier.flip_tta, read_history)
 
 
 def _run(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
@@ -105,25 +73,37 @@ def _run(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     return {"model_dir": f"{ctx.dir.name}/model", "best_epoch": metrics["best_epoch"], "test": summary}
 
 
-def recipe_config(cfg: PipelineConfig, balanced: bool, seed: int) -> PipelineConfig:
-    """``cfg`` with the classifier at ``seed``: the plain recipe, or the class-balanced one that
-    ``eval.balance`` names (balanced sampling or a class-weighted loss)."""
-    c = replace(cfg.classifier, seed=seed, balanced_sampling=False, class_weighted_loss=False)
-    if balanced:
-        flag = "balanced_sampling" if cfg.eval.balance == "sampling" else "class_weighted_loss"
-        c = replace(c, **{flag: True})
+def recipe_config(cfg: PipelineConfig, balance: str, seed: int) -> PipelineConfig:
+    """``cfg`` with the classifier at ``seed`` and the rebalancing ``balance`` names: none, class-balanced
+    sampling or a class-weighted loss."""
+    c = replace(
+        cfg.classifier,
+        seed=seed,
+        balanced_sampling=balance == "sampling",
+        class_weighted_loss=balance == "loss",
+    )
     return replace(cfg, classifier=c)
 
 
 def judge_config(cfg: PipelineConfig) -> PipelineConfig:
-    """The judge's recipe: the arm ``eval.judge_recipe`` names, at ``eval.judge_seed``."""
-    return recipe_config(cfg, cfg.eval.judge_recipe == "balanced", cfg.eval.judge_seed)
+    """The judge's own recipe (``eval.judge``): its seed, rebalancing and epochs; unset fields are the
+    classifier's."""
+    j = cfg.eval.judge
+    out = recipe_config(cfg, j.balance, j.seed)
+    given = {
+        "learning_rate": j.learning_rate,
+        "label_smoothing": j.label_smoothing,
+        "checkpoint_metric": j.checkpoint_metric,
+    }
+    c = replace(out.classifier, epochs=j.epochs, **{k: v for k, v in given.items() if v is not None})
+    return replace(out, classifier=c)
 
 
 def _check_judge(cfg: PipelineConfig) -> None:
-    if cfg.eval.judge_seed == cfg.classifier.seed:
+    # A pipeline rule, not a config one: recipes derived from the config (an arm at seed n) may share it.
+    if cfg.eval.judge.seed == cfg.classifier.seed:
         raise ConfigError(
-            f"eval.judge_seed ({cfg.eval.judge_seed}) must differ from classifier.seed: the judge must not "
+            f"eval.judge.seed ({cfg.eval.judge.seed}) must differ from classifier.seed: the judge must not "
             "be the model that gates generated images"
         )
 
@@ -145,14 +125,23 @@ CLASSIFIER = Stage(
     inputs=("dataset", "split"),
 )
 
-# The independent judge (DESIGN.md): an arm's recipe (class-balanced by default) with another seed. It
-# measures what generated images show; the baseline classifier gates them, so no claim is checked by the
-# model that selected the images.
+# The independent judge (DESIGN.md): its own recipe (eval.judge: class-balanced by default, more epochs)
+# with another seed. It measures what generated images show; the baseline classifier gates them, so no
+# claim is checked by the model that selected the images.
 JUDGE = Stage(
     name="judge",
     summary=_summary,
     fn=_run_judge,
-    config_keys=("classifier", "eval.judge_seed", "eval.judge_recipe", "eval.balance", "data.target_class"),
+    config_keys=(
+        "classifier",
+        "eval.judge.seed",
+        "eval.judge.balance",
+        "eval.judge.epochs",
+        "eval.judge.learning_rate",
+        "eval.judge.label_smoothing",
+        "eval.judge.checkpoint_metric",
+        "data.target_class",
+    ),
     inputs=("dataset", "split"),
     check=_check_judge,
 )

@@ -12,7 +12,6 @@ import json
 import random
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from leafgen.classifier.engine import (
     ArrayDataset,
@@ -35,6 +34,7 @@ from leafgen.classifier.engine import (
 )
 from leafgen.classifier.metrics import classification_metrics
 from leafgen.classifier.model import build_classifier
+from leafgen.classifier.sampling import EpochSampler, SyntheticRows, SyntheticUse
 from leafgen.config import ClassifierConfig
 from leafgen.labels import CLASSES
 from leafgen.worker import ReportFn, WorkerContext
@@ -46,47 +46,22 @@ META_FILE = "classifier.json"
 
 @dataclass
 class SplitArrays:
-    """Cached images (N, H, W, 3) uint8 and their class indices."""
+    """Cached images (N, H, W, 3) uint8 and their class indices; for a train set holding synthetic
+    images, which rows those are and what each was made from."""
 
     images: np.ndarray
     labels: np.ndarray
-
-
-class EpochSampler(Sampler[int]):
-    """This rank's share of an epoch's indices: shuffled, or drawn class-balanced with replacement.
-
-    Every rank derives the same epoch permutation from (seed, epoch) and takes every world_size-th index,
-    padded so all ranks run the same number of steps (DDP needs that). It replaces DistributedSampler,
-    which cannot draw class-balanced epochs.
-    """
-
-    def __init__(self, labels: np.ndarray, seed: int, balanced: bool, rank: int = 0, world_size: int = 1):
-        self.labels, self.seed, self.balanced = np.asarray(labels), seed, balanced
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
-        self.per_rank = -(-len(self.labels) // world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.per_rank
-
-    def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        n = len(self.labels)
-        if self.balanced:
-            p = 1.0 / np.bincount(self.labels, minlength=len(CLASSES))[self.labels]
-            order = rng.choice(n, size=self.per_rank * self.world_size, replace=True, p=p / p.sum())
-        else:
-            order = rng.permutation(n)
-            order = np.concatenate([order, order[: self.per_rank * self.world_size - n]])
-        return iter(order[self.rank :: self.world_size].tolist())
+    rows: SyntheticRows | None = None
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -138,8 +113,10 @@ def fit(
     worker: WorkerContext | None = None,
     resume_from: Path | None = None,
     amp_dtype: torch.dtype | None = None,
+    synthetic: SyntheticUse | None = None,
 ) -> None:
-    """Train for ``cfg.epochs``, reporting metrics and a checkpoint every epoch; resume from a checkpoint."""
+    """Train for ``cfg.epochs``, reporting metrics and a checkpoint every epoch; resume from a checkpoint.
+    ``synthetic``: how the train set's synthetic rows (``train.rows``) are drawn and weighted."""
     worker = worker or WorkerContext()
     seed_everything(cfg.seed + worker.rank)
     model = build_classifier(cfg.arch, cfg.weights, len(CLASSES))
@@ -154,10 +131,15 @@ def fit(
         model = model.to(memory_format=torch.channels_last)
     model = worker.prepare_model(model)
 
-    sampler = EpochSampler(train.labels, cfg.seed, cfg.balanced_sampling, worker.rank, worker.world_size)
+    sampler = EpochSampler(
+        train.labels, cfg.seed, cfg.balanced_sampling, worker.rank, worker.world_size, train.rows, synthetic
+    )
     per_rank_batch = max(1, cfg.batch_size // worker.world_size)
+    weights = None
+    if train.rows is not None and synthetic is not None and synthetic.loss_weight != 1.0:
+        weights = np.where(train.rows.synthetic, synthetic.loss_weight, 1.0)
     loader = DataLoader(
-        ArrayDataset(train.images, train.labels, train_transform(input_size(cfg))),
+        ArrayDataset(train.images, train.labels, train_transform(input_size(cfg)), weights),
         batch_size=per_rank_batch,
         sampler=sampler,
         pin_memory=worker.device.type == "cuda",
@@ -173,6 +155,9 @@ def fit(
     loss_fn = build_loss(cfg, train.labels)
 
     for epoch in range(start, cfg.epochs):
+        # Augmentation draws restart from (seed, epoch, rank): a resumed run repeats the epochs it would
+        # have run without the interruption, and no run depends on what its process trained before.
+        seed_everything(epoch_seed(cfg.seed, epoch, worker.rank))
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         loss, seen = train_epoch(model, loader, loss_fn, opt, sched, worker.device, amp_dtype)

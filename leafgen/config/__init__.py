@@ -1,5 +1,6 @@
 """Typed pipeline configuration: sections, YAML loading, dotted overrides."""
 
+from leafgen.config.evaluation import ArmRecipe, JudgeConfig
 from leafgen.config.loader import (
     apply_overrides,
     dump_yaml,
@@ -26,6 +27,8 @@ from leafgen.config.sections import (
 )
 
 __all__ = [
+    "ArmRecipe",
+    "JudgeConfig",
     "BaseModelConfig",
     "ClassifierConfig",
     "DataConfig",

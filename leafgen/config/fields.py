@@ -19,3 +19,11 @@ def positive(name: str, value: float | int | None, allow_zero: bool = False) -> 
         return
     if value < 0 or (value == 0 and not allow_zero):
         raise FieldError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def validation_metrics() -> list[str]:
+    """The validation metrics a classifier's best epoch can be picked by (maximised)."""
+    from leafgen.labels import CLASSES
+
+    metrics = ["val/accuracy", "val/mean_auc", "val/target_recall"]
+    return metrics + [f"val/{kind}/{c}" for kind in ("recall", "auc") for c in CLASSES]

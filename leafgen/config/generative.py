@@ -134,8 +134,18 @@ class GenerateConfig:
     """Negative prompt for classifier-free guidance."""
     mode: Literal["txt2img", "img2img"] = "txt2img"
     """txt2img, or img2img (SDEdit) from real train-split images of the target class."""
-    strength: float = 0.5
-    """img2img noise strength in (0, 1]: the share of the denoising schedule re-run from the real image."""
+    strength: float | tuple[float, ...] | dict[str, tuple[float, float]] = 0.5
+    """img2img noise strength in (0, 1]: the share of the denoising schedule re-run from the real image.
+    One value; a list, one drawn per row by the row's seed (DA-Fusion draws from [0.25, 0.5, 0.75, 1.0]);
+    or {uniform: [lo, hi]}, drawn per row. A drawn strength is recorded as what img2img applies: a whole
+    number of the denoising steps (int(steps x strength) / steps)."""
+    allocation: Literal["even", "errors"] = "even"
+    """img2img: how rows are spread over the source images. 'even': the same number each. 'errors': more
+    where the gating classifier errs on the validation split's target-class images (each assigned to its
+    nearest source in the classifier's features, weighing 1 - its target probability)."""
+    allocation_floor: float = 0.5
+    """allocation 'errors': the share of rows still spread evenly, so no source is starved (0: all by
+    the errors; 1: even)."""
     num_inference_steps: int = 25
     """Denoising steps."""
     guidance_scale: float = 7.5
@@ -166,16 +176,50 @@ class GenerateConfig:
             positive(name, getattr(self, name))
         positive("num_images", self.num_images, allow_zero=True)
         positive("guidance_scale", self.guidance_scale, allow_zero=True)
-        if not 0 < self.strength <= 1:
-            raise FieldError("strength", f"must be in (0, 1], got {self.strength}")
+        check_strength(self.strength)
+        if not 0 <= self.allocation_floor <= 1:
+            raise FieldError("allocation_floor", f"must be in [0, 1], got {self.allocation_floor}")
+        if self.allocation == "errors" and self.mode == "txt2img":
+            raise FieldError(
+                "allocation",
+                "'errors' spreads img2img rows over source images, and txt2img has none: use mode img2img or "
+                "allocation even",
+            )
         if not self.prompts or not all(p.strip() for p in self.prompts):
             raise FieldError("prompts", "needs at least one non-empty prompt template")
+
+
+def check_strength(strength: float | tuple[float, ...] | dict[str, tuple[float, float]]) -> None:
+    """A strength setting's values are in (0, 1]; a list is not empty; a range is {uniform: [lo, hi]}."""
+    if isinstance(strength, dict):
+        if set(strength) != {"uniform"}:
+            raise FieldError("strength", f"a range is {{uniform: [lo, hi]}}, got {strength!r}")
+        lo, hi = strength["uniform"]
+        if lo > hi:
+            raise FieldError("strength", f"the range's low end {lo} is above its high end {hi}")
+        values: tuple[float, ...] = (lo, hi)
+    elif isinstance(strength, tuple):
+        if not strength:
+            raise FieldError("strength", "the list of strengths is empty; give at least one value")
+        values = strength
+    else:
+        values = (strength,)
+    for value in values:
+        if not 0 < value <= 1:
+            raise FieldError("strength", f"every strength must be in (0, 1], got {value}")
 
 
 @dataclass
 class GateConfig:
     threshold: float = 0.5
     """Minimum baseline-classifier probability of the target class for a synthetic image to be kept."""
+    margin: float | None = None
+    """When set: an image is kept only if its target probability exceeds every other class's by at least
+    this much. multiple_diseases is rust and scab on one leaf, so a rust-only edit can still score it
+    fairly high; the margin asks the classifier to prefer the class. None: off."""
+    max_score: float = 1.0
+    """Images whose target probability is above this are dropped as too easy: the classifier already
+    knows them, so they teach it little (ALIA's second filter). 1.0: off."""
     near_duplicate_distance: int = 6
     """Perceptual-hash (64-bit pHash) Hamming distance at or below which a synthetic image counts as a
     copy of a real train, val or test image and is dropped (distinct demo images are 10 or more apart)."""
@@ -183,6 +227,12 @@ class GateConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.threshold <= 1:
             raise FieldError("threshold", f"must be in [0, 1], got {self.threshold}")
+        if self.margin is not None and not 0 <= self.margin < 1:
+            raise FieldError("margin", f"must be in [0, 1) (or null: off), got {self.margin}")
+        if not self.threshold <= self.max_score <= 1:
+            raise FieldError(
+                "max_score", f"must be in [threshold, 1] = [{self.threshold}, 1], got {self.max_score}"
+            )
         if not 0 <= self.near_duplicate_distance <= 64:
             raise FieldError(
                 "near_duplicate_distance", f"must be in [0, 64], got {self.near_duplicate_distance}"

@@ -28,6 +28,8 @@ from leafgen.config.sections import PipelineConfig
 from leafgen.errors import ConfigError
 
 T = TypeVar("T")
+ARMS_KEY = "eval.arms"
+BASE_KEY = "base"
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
@@ -35,23 +37,65 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     raw: dict[str, Any] = {}
     if path is not None:
         raw = read_yaml(path)
-    raw = apply_overrides(raw, overrides)
+    by_name = [o for o in overrides if o.partition("=")[0].strip().startswith(f"{ARMS_KEY}.")]
+    raw = apply_overrides(raw, [o for o in overrides if o not in by_name])
+    if by_name and (raw.get("eval") or {}).get("arms") is None:
+        # An override names one of the default arms: spell the defaults out so it has one to change.
+        arms = from_dict(PipelineConfig, raw).eval.arms
+        raw.setdefault("eval", {})["arms"] = [dataclasses.asdict(arm) for arm in arms or ()]
+    raw = apply_overrides(raw, by_name)
     return from_dict(PipelineConfig, raw)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as plain data. A file may name a ``base`` file it extends (a path relative to the
+    file): the base is read first and this file's values are merged over it, section by section."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        via = f" (the base of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"{path}: config file not found{via}")
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{path}: config files extend each other in a cycle: {cycle}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    return data
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: {BASE_KEY} must name a config file, got {base!r}")
+    return merged(read_yaml(path.parent / base, (*_chain, path.resolve())), data)
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        out[key] = merged(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the
+    last silently; in a config it is always a mistake)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
@@ -65,15 +109,34 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dic
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = value
+        set_dotted(out, key.strip(), value)
     return out
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` in plain config data, creating missing sections; a list of named mappings (the arms)
+    is entered by name: ``eval.arms.augmented.swap_probability``."""
+    node: Any = raw
+    *parents, leaf = key.split(".")
+    for i, part in enumerate(parents):
+        if isinstance(node, list):
+            node = _named(node, part, ".".join(parents[: i + 1]))
+            continue
+        child = node.get(part)
+        if not isinstance(child, (dict, list)):
+            child = node[part] = {}
+        node = child
+    if isinstance(node, list):
+        raise ConfigError(f"{key}: {'.'.join(parents)} is a list of named entries; name one, then its key")
+    node[leaf] = value
+
+
+def _named(items: list[Any], name: str, where: str) -> dict[str, Any]:
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == name:
+            return item
+    names = [str(item.get("name")) for item in items if isinstance(item, dict)]
+    raise ConfigError(f"{where}: no entry named {name!r}; the entries are: {', '.join(names)}")
 
 
 def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
@@ -106,9 +169,12 @@ def select(cfg: PipelineConfig, dotted: str) -> Any:
     """The value at a dotted key (``data.target_class``) as plain data."""
     node: Any = to_dict(cfg)
     for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, list) and all(isinstance(item, dict) and "name" in item for item in node):
+            node = _named(node, part, dotted)
+        elif not isinstance(node, dict) or part not in node:
             raise ConfigError(f"{dotted}: no such config key")
-        node = node[part]
+        else:
+            node = node[part]
     return node
 
 
@@ -158,9 +224,21 @@ def explain(cls: type = PipelineConfig, prefix: str = "") -> list[tuple[str, str
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             rows += explain(tp, f"{prefix}{f.name}.")
-        else:
-            rows.append((prefix + f.name, _type_name(tp), docs.get(f.name, "")))
+            continue
+        rows.append((prefix + f.name, _type_name(tp), docs.get(f.name, "")))
+        entry = _entry_dataclass(tp)
+        if entry is not None:  # a list of recipes (the arms): their fields too
+            rows += explain(entry, f"{prefix}{f.name}[].")
     return rows
+
+
+def _entry_dataclass(tp: Any) -> type | None:
+    """The dataclass of a ``tuple[SomeDataclass, ...]`` field (also inside ``| None``), else None."""
+    for arg in typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,):
+        args = typing.get_args(arg)
+        if typing.get_origin(arg) is tuple and len(args) == 2 and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
 
 
 def _unknown_key_message(key: str, siblings: list[str], prefix: str) -> str:
@@ -175,7 +253,15 @@ def _unknown_key_message(key: str, siblings: list[str], prefix: str) -> str:
     return f"{key}: unknown config key; valid keys here: {', '.join(siblings)}"
 
 
+def _label(value: Any, index: int) -> str:
+    name = value.get("name") if isinstance(value, dict) else None
+    return str(name) if isinstance(name, str) and name else str(index)
+
+
 def _type_name(tp: Any) -> str:
+    entry = _entry_dataclass(tp)
+    if entry is not None:
+        return f"list of {entry.__name__}"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -196,8 +282,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _coerce(value, arg, key)
             except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0]
+                errors.append((arg, exc))
+        # The error of the member whose shape the value has (a list's for a list), else the first one.
+        shape = tuple if isinstance(value, (list, tuple)) else dict if isinstance(value, dict) else None
+        matching = [exc for arg, exc in errors if shape is not None and typing.get_origin(arg) is shape]
+        raise (matching or [exc for _, exc in errors])[0]
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
@@ -206,7 +295,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+            # Entries of a list of named mappings (the arms) are named by their name in messages.
+            return tuple(_coerce(v, args[0], f"{key}[{_label(v, i)}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {len(value)}: {value!r}")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from leafgen.config.fields import FieldError, positive
+from leafgen.config.evaluation import EvalConfig
+from leafgen.config.fields import FieldError, positive, validation_metrics
 from leafgen.config.generative import BaseModelConfig, DreamBoothConfig, GateConfig, GenerateConfig
 from leafgen.labels import CLASSES
 
@@ -110,8 +111,7 @@ class ClassifierConfig:
         for name in ("image_size", "epochs", "batch_size", "learning_rate", "num_workers"):
             positive(name, getattr(self, name))
         positive("weight_decay", self.weight_decay, allow_zero=True)
-        metrics = ["val/accuracy", "val/mean_auc", "val/target_recall"]
-        metrics += [f"val/{kind}/{c}" for kind in ("recall", "auc") for c in CLASSES]
+        metrics = validation_metrics()
         if self.checkpoint_metric not in metrics:
             raise FieldError(
                 "checkpoint_metric", f"must be one of {', '.join(metrics)}, got {self.checkpoint_metric!r}"
@@ -129,31 +129,6 @@ class MixConfig:
 
     def __post_init__(self) -> None:
         positive("synthetic_ratio", self.synthetic_ratio, allow_zero=True)
-
-
-@dataclass
-class EvalConfig:
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Classifier seeds each arm is trained with."""
-    balance: Literal["sampling", "loss"] = "sampling"
-    """How the ``balanced`` arm balances the classes: class-balanced sampling or a class-weighted loss."""
-    bootstrap_samples: int = 1000
-    """Bootstrap resamples of the test images for confidence intervals."""
-    drift_samples: int = 128
-    """Samples per prompt and model of the pipeline's language-drift probe (sampler settings: generate's)."""
-    judge_seed: int = 1000
-    """Seed of the independent judge classifier that measures what generated images show; it must differ
-    from classifier.seed, the gating classifier's."""
-    judge_recipe: Literal["baseline", "balanced"] = "balanced"
-    """The judge's classifier recipe, that of an arm: 'balanced' shows it the minority class as often as
-    the others, so it does not rarely call an image the class whatever the image shows (the demo's
-    baseline-recipe judge found 0.06 of the real test images of the class)."""
-
-    def __post_init__(self) -> None:
-        if not self.seeds:
-            raise FieldError("seeds", "needs at least one seed")
-        positive("bootstrap_samples", self.bootstrap_samples)
-        positive("drift_samples", self.drift_samples)
 
 
 @dataclass
@@ -185,6 +160,9 @@ class TuneConfig:
     storage_path: str | None = None
     """Where Tune writes results and TensorBoard logs (local path or shared-storage URI); None:
     <run_dir>/tune."""
+    arm: str | None = None
+    """The arm whose recipe each trial trains and scores on validation; its recipe fields are searchable
+    (eval.arms.<arm>.<field>). None: the first arm that trains on synthetic images."""
 
     def __post_init__(self) -> None:
         positive("num_samples", self.num_samples)
@@ -260,4 +238,16 @@ class PipelineConfig:
             raise FieldError(
                 "dreambooth.instance_prompt",
                 f"must contain the identifier token {self.dreambooth.identifier_token!r}",
+            )
+        if self.tune.arm is not None and self.tune.arm not in [arm.name for arm in self.eval.arms or ()]:
+            raise FieldError(
+                "tune.arm",
+                f"{self.tune.arm!r} is not an arm; the arms are: "
+                + ", ".join(arm.name for arm in self.eval.arms or ()),
+            )
+        synthetic = [arm.name for arm in self.eval.arms or () if arm.synthetic]
+        if synthetic and self.generate.num_images == 0:
+            raise FieldError(
+                f"eval.arms[{synthetic[0]}].train",
+                "trains on synthetic images, but generate.num_images is 0: generate some, or train: real",
             )

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from leafgen.config import RayConfig
 from leafgen.diffusion.finetune.adapters import EngineSettings
-from leafgen.diffusion.generation.generator import ImageGenerator
+from leafgen.diffusion.generation.generator import GROUP_KEYS, ImageGenerator
 from leafgen.diffusion.generation.manifest import finalize, finished_ids, image_file
 from leafgen.diffusion.generation.prompt_table import Row
 from leafgen.distributed.runtime import job_resources
@@ -88,7 +88,9 @@ def generate_on_ray(
     if len(set(ids)) != len(ids):
         raise LeafgenError("the prompt table repeats image ids; every row needs its own id")
     done = finished_ids(out_dir, rows)
-    todo = [row for row in rows if row["id"] not in done]
+    # Rows that can share a pipeline call side by side (a varied img2img strength splits a batch into
+    # one call per strength otherwise); ids, and so the manifest's order, are untouched.
+    todo = sorted((row for row in rows if row["id"] not in done), key=lambda r: [r[k] for k in GROUP_KEYS])
     if todo:
         resources = job_resources(ray_cfg)
         actors, per_actor = actor_plan(resources, num_actors, cpu_threads)

@@ -53,23 +53,31 @@ def read_rank_zero_history(storage: Path, key: str) -> list[dict[str, Any]]:
 
 
 class RankZeroLog(UserCallback):
-    """On the driver: appends rank 0's report to ``history.jsonl`` and hands it to ``log`` with a
+    """On the driver: appends rank 0's report to ``history.jsonl`` in ``log_dir(report)`` (``storage`` unless
+    a subclass routes reports, e.g. per run of a group) and hands it to ``log`` with that folder's
     TensorBoard writer. (Ray's own ``Result`` keeps the metrics of retained checkpoints only.)"""
 
     def __init__(self, storage: Path):
         self.storage = storage
-        self.writer: SummaryWriter | None = None
+        self.writers: dict[Path, SummaryWriter] = {}
+
+    def log_dir(self, row: dict[str, Any]) -> Path:
+        return self.storage
 
     def after_report(
         self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None
     ) -> None:
         if not metrics:
             return
-        self.writer = self.writer or SummaryWriter(str(self.storage / "tensorboard"))
-        with open(self.storage / HISTORY_FILE, "a") as fh:  # one short line per report: append is safe
-            fh.write(json.dumps(metrics[0], default=float) + "\n")
-        self.log(metrics[0], self.writer)
-        self.writer.flush()
+        row = metrics[0]
+        folder = self.log_dir(row)
+        folder.mkdir(parents=True, exist_ok=True)
+        writer = self.writers.get(folder) or SummaryWriter(str(folder / "tensorboard"))
+        self.writers[folder] = writer
+        with open(folder / HISTORY_FILE, "a") as fh:  # one short line per report: append is safe
+            fh.write(json.dumps(row, default=float) + "\n")
+        self.log(row, writer)
+        writer.flush()
 
     def log(self, row: dict[str, Any], writer: SummaryWriter) -> None:
         raise NotImplementedError

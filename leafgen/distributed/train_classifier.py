@@ -1,26 +1,28 @@
-"""The classifier on Ray Train: DDP workers run the library loop, the driver keeps checkpoints.
+"""Classifier trainings on Ray Train: DDP workers run the library's group of runs, the driver logs them.
 
-Only wiring lives here: the cached image arrays are handed to workers by path (memory-mapped, so workers on
-one node share them; pushed to the run's bucket and pulled per node when ``run_dir`` is a URI),
-``ScalingConfig`` picks GPUs when the cluster has them, ``CheckpointConfig`` keeps the best checkpoints by a
-validation metric and ``FailureConfig`` restarts killed workers from the last one. Rerunning with the same
-storage path and run name resumes an interrupted run (Ray Train V2).
+Only wiring lives here. A stage's trainings (:class:`~leafgen.classifier.runs.RunSpec`, one per arm and
+seed) go to one ``TorchTrainer`` fit, so the worker group starts once per stage. The cached image arrays
+are handed to workers by path (memory-mapped, so workers on one node share them; pushed to the run's
+bucket and pulled per node when ``run_dir`` is a URI). ``ScalingConfig`` picks GPUs when the cluster has
+them; Ray keeps the latest checkpoint, from which ``FailureConfig`` restarts killed workers (they skip the
+finished runs and resume the interrupted one); each run's best epoch is kept by rank 0 beside the run.
+Rerunning an interrupted fit (same storage path and runs) resumes it (Ray Train V2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import ray.train
 import torch
 from ray.train import CheckpointConfig, UserCallback
 from torch.utils.tensorboard import SummaryWriter
 
-from leafgen.classifier.training import SplitArrays, fit
-from leafgen.config import PipelineConfig
+from leafgen.classifier.export import LOG_DIR
+from leafgen.classifier.runs import RunSpec, train_runs
+from leafgen.config import PipelineConfig, fingerprint
 from leafgen.distributed.torch_trainer import (
     RankZeroLog,
     build_trainer,
@@ -32,26 +34,32 @@ from leafgen.run_storage import RunStorage
 
 
 def read_history(storage: Path) -> list[dict[str, Any]]:
-    """Rank 0's metrics per epoch."""
+    """Rank 0's metrics per epoch of the run whose log folder is ``storage``."""
     return read_rank_zero_history(storage, "epoch")
 
 
 class EpochMetrics(RankZeroLog):
-    """Logs each epoch's scalars to TensorBoard and prints one line per epoch."""
+    """Routes each epoch's report to its run's history and TensorBoard logs; prints one line per epoch."""
 
-    def __init__(self, storage: Path, epochs: int, target_class: str):
-        super().__init__(storage)
-        self.epochs, self.target_class = epochs, target_class
+    def __init__(self, specs: Sequence[RunSpec]):
+        super().__init__(Path(specs[0].out) / LOG_DIR)
+        self.specs = {s.run_id: s for s in specs}
+
+    def log_dir(self, row: dict[str, Any]) -> Path:
+        return Path(self.specs[row["run"]].out) / LOG_DIR
 
     def log(self, row: dict[str, Any], writer: SummaryWriter) -> None:
         for key, value in row.items():
             if isinstance(value, (int, float)) and key not in ("epoch", "start_epoch"):
                 writer.add_scalar(key, value, row["epoch"])
+        spec = self.specs[row["run"]]
         nan = float("nan")
+        name = f" {spec.run_id}" if len(self.specs) > 1 else ""
+        epochs = spec.classifier["epochs"]
         print(
-            f"[classifier] epoch {row['epoch']}/{self.epochs}  loss {row['train/loss']:.3f}  "
+            f"[classifier{name}] epoch {row['epoch']}/{epochs}  loss {row['train/loss']:.3f}  "
             f"val acc {row.get('val/accuracy', nan):.3f}  "
-            f"val {self.target_class} recall {row.get('val/target_recall', nan):.3f}  "
+            f"val {spec.target_class} recall {row.get('val/target_recall', nan):.3f}  "
             f"val mean AUC {row.get('val/mean_auc', nan):.3f}",
             flush=True,
         )
@@ -59,54 +67,47 @@ class EpochMetrics(RankZeroLog):
 
 def _worker_loop(config: dict[str, Any]) -> None:
     with worker_session(config) as (cfg, worker, storage, resume_from):
-        arrays = {
-            name: SplitArrays(
-                np.load(storage.localize(config[f"{name}_images"]), mmap_mode="r"),
-                np.load(storage.localize(config[f"{name}_labels"])),
-            )
-            for name in ("train", "val")
-        }
-        fit(
-            cfg.classifier,
-            arrays["train"],
-            arrays["val"],
+        train_runs(
+            [RunSpec(**spec) for spec in config["specs"]],
             reporter(storage),
-            target_class=cfg.data.target_class,
             worker=worker,
             resume_from=resume_from,
             amp_dtype=torch.bfloat16 if worker.device.type == "cuda" else None,
+            localize=storage.localize,
+            persist=storage.push,
         )
 
 
-def train_on_ray(
+def train_runs_on_ray(
     cfg: PipelineConfig,
-    arrays: dict[str, Path],
+    specs: Sequence[RunSpec],
     storage: Path,
-    name: str = "classifier",
     callbacks: Sequence[UserCallback] = (),
     run: RunStorage | None = None,
-) -> ray.train.Result:
-    """Train with ``cfg.classifier.num_workers`` DDP workers on the .npy arrays named in ``arrays``;
-    ``callbacks`` see every report too (a Tune trial passes ``TuneReportCallback``). ``run``: the run's
-    storage when the caller has it open (a stage's ``ctx.run.storage``)."""
-    c = cfg.classifier
+) -> None:
+    """Train every unfinished run of ``specs`` in one fit with ``cfg.classifier.num_workers`` DDP workers
+    (``cfg.ray`` and ``classifier.max_failures`` apply to the whole group); ``callbacks`` see every report
+    (a Tune trial passes ``TuneReportCallback``). ``storage``: where Ray keeps the group's checkpoints.
+    ``run``: the run's storage when the caller has it open (a stage's ``ctx.run.storage``)."""
+    pending = [s for s in specs if not s.done()]
+    if not pending:
+        return
     run = run or RunStorage.open(cfg.run_dir)
-    for path in arrays.values():
-        run.push(Path(path))  # workers on other nodes read the arrays from the run's storage
+    for spec in pending:
+        for path in spec.arrays.values():
+            run.push(Path(path))  # workers on other nodes read the arrays from the run's storage
+    # The fit's name follows its runs: the same runs resume an interrupted fit, other runs start anew.
+    name = "fit-" + fingerprint([s.run_id for s in pending])
     trainer = build_trainer(
         _worker_loop,
         cfg,
-        {k: str(Path(v).resolve()) for k, v in arrays.items()},
-        c.num_workers,
+        {"specs": [asdict(s) for s in pending]},
+        cfg.classifier.num_workers,
         storage,
         name,
-        CheckpointConfig(
-            num_to_keep=c.keep_checkpoints,
-            checkpoint_score_attribute=c.checkpoint_metric,
-            checkpoint_score_order="max",
-        ),
-        c.max_failures,
-        [EpochMetrics(storage, c.epochs, cfg.data.target_class), *callbacks],
+        CheckpointConfig(num_to_keep=1),
+        cfg.classifier.max_failures,
+        [EpochMetrics(pending), *callbacks],
         run,
     )
-    return trainer.fit()
+    trainer.fit()

@@ -1,12 +1,12 @@
 """Honest comparison of classifier arms: per class and overall, over seeds and over test images.
 
 For every arm and seed the metrics are computed from saved probabilities; an arm's figure is the mean
-over seeds with the spread (standard deviation) beside it. Against the baseline, each other arm gets
-per-seed paired differences (same seed, same test images) and a percentile-bootstrap 95% interval of
-the seed-averaged difference, resampling test images with the same resample for every arm, so the
-interval reflects how few test images of a class there are. Validation differences are reported next
-to test ones, and a validation gain in the target class, accuracy or mean AUC that the test split does
-not confirm is flagged.
+over seeds with the spread (standard deviation) beside it. Against each reference arm (the baseline and
+the balanced arm by default), every other arm gets per-seed paired differences (same seed, same test
+images) and a percentile-bootstrap 95% interval of the seed-averaged difference, resampling test images
+with the same resample for every arm, so the interval reflects how few test images of a class there are.
+Validation differences are reported next to test ones, and a validation gain in the target class,
+accuracy or mean AUC that the test split does not confirm is flagged.
 
 ROC AUC is computed as the Mann-Whitney rank statistic (equal to scikit-learn's ``roc_auc_score``, which
 the tests check) so thousands of resamples are evaluated as arrays rather than in a Python loop.
@@ -95,10 +95,11 @@ def compare_arms(
     target_class: str,
     bootstrap_samples: int = 1000,
     seed: int = 0,
-    baseline: str = "baseline",
+    references: Sequence[str] = ("baseline",),
 ) -> dict[str, Any]:
     """The comparison as a JSON-able dict (see the module docstring); ``test``/``val`` hold each arm's
-    probabilities per seed in ``seeds`` order."""
+    probabilities per seed in ``seeds`` order. ``deltas[reference][arm][metric]``: every arm against each
+    reference arm."""
     names = metric_names()
     test_values, val_values = _seed_metrics(y_test, test), _seed_metrics(y_val, val)
     rng = np.random.default_rng(seed)
@@ -111,29 +112,31 @@ def compare_arms(
     counts = np.bincount(y_test, minlength=len(CLASSES))
     deltas: dict[str, Any] = {}
     warnings: list[str] = []
-    for arm in (a for a in test if a != baseline):
-        deltas[arm] = {}
-        for name in names:
-            paired = [a - b for a, b in zip(test_values[arm][name], test_values[baseline][name])]
-            low, high = np.nanpercentile(boot[arm][name] - boot[baseline][name], [2.5, 97.5])
-            val_delta = float(np.nanmean(val_values[arm][name]) - np.nanmean(val_values[baseline][name]))
-            cls = name.split("/")[-1]
-            n_images = int(counts[CLASSES.index(cls)]) if cls in CLASSES else None
-            entry = {
-                "mean": float(np.nanmean(paired)),
-                "per_seed": paired,
-                "ci95": [float(low), float(high)],
-                "verdict": _verdict(low, high, paired, n_images),
-                "val_mean": val_delta,
-            }
-            deltas[arm][name] = entry
-            watched = name in (f"recall/{target_class}", "accuracy", "mean_auc")
-            if watched and val_delta > 0.02 and entry["verdict"] != "better":
-                warnings.append(
-                    f"{arm} vs {baseline}, {name}: {val_delta:+.1%} on validation, but on the held-out test "
-                    f"split {entry['mean']:+.1%} with 95% interval [{low:+.1%}, {high:+.1%}]: the validation "
-                    "gain is not confirmed"
-                )
+    for ref in references:
+        deltas[ref] = {}
+        for arm in (a for a in test if a != ref):
+            deltas[ref][arm] = {}
+            for name in names:
+                paired = [a - b for a, b in zip(test_values[arm][name], test_values[ref][name])]
+                low, high = np.nanpercentile(boot[arm][name] - boot[ref][name], [2.5, 97.5])
+                val_delta = float(np.nanmean(val_values[arm][name]) - np.nanmean(val_values[ref][name]))
+                cls = name.split("/")[-1]
+                n_images = int(counts[CLASSES.index(cls)]) if cls in CLASSES else None
+                entry = {
+                    "mean": float(np.nanmean(paired)),
+                    "per_seed": paired,
+                    "ci95": [float(low), float(high)],
+                    "verdict": _verdict(low, high, paired, n_images),
+                    "val_mean": val_delta,
+                }
+                deltas[ref][arm][name] = entry
+                watched = name in (f"recall/{target_class}", "accuracy", "mean_auc")
+                if watched and val_delta > 0.02 and entry["verdict"] != "better":
+                    warnings.append(
+                        f"{arm} vs {ref}, {name}: {val_delta:+.1%} on validation, but on the held-out test "
+                        f"split {entry['mean']:+.1%} with 95% interval [{low:+.1%}, {high:+.1%}]: the "
+                        "validation gain is not confirmed"
+                    )
     if len(seeds) < 2:
         warnings.append("one seed per arm: the spread between training runs is not measured")
     few = [f"{c} ({n})" for c, n in zip(CLASSES, counts) if n < MIN_CLASS_IMAGES]
@@ -144,6 +147,7 @@ def compare_arms(
         )
     return {
         "arms": list(test),
+        "references": list(references),
         "seeds": list(seeds),
         "target_class": target_class,
         "test_counts": {c: int(n) for c, n in zip(CLASSES, counts)},
@@ -153,3 +157,10 @@ def compare_arms(
         "deltas": deltas,
         "warnings": warnings,
     }
+
+
+def other_recall(comparison: dict[str, Any], arm: str) -> list[float]:
+    """Per seed, the mean test recall of every class but the target: what an arm pays for the target."""
+    others = [c for c in CLASSES if c != comparison["target_class"]]
+    per_class = [comparison["test"][arm][f"recall/{c}"]["per_seed"] for c in others]
+    return [float(np.mean(values)) for values in zip(*per_class)]

@@ -13,7 +13,21 @@ from leafgen import atomic
 from leafgen.data.images import DEFAULT_MAX_PIXELS
 from leafgen.labels import CLASSES
 
-ARM_COLOURS = {"baseline": "tab:blue", "balanced": "tab:orange", "augmented": "tab:green"}
+ARM_COLOURS = {
+    "baseline": "tab:blue",
+    "balanced": "tab:orange",
+    "augmented": "tab:green",
+    "augmented_balanced": "tab:red",
+}
+_OTHER_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
+def arm_colour(arm: str, arms: Sequence[str]) -> str:
+    """The default arms keep their colours in every figure; other arms take the remaining ones in order."""
+    if arm in ARM_COLOURS:
+        return ARM_COLOURS[arm]
+    extra = [a for a in arms if a not in ARM_COLOURS]
+    return _OTHER_COLOURS[extra.index(arm) % len(_OTHER_COLOURS)]
 
 
 def _pyplot():
@@ -46,13 +60,36 @@ def recall_bars(comparison: dict):
             width,
             yerr=[s["std"] or 0 for s in stats],
             label=arm,
-            color=ARM_COLOURS.get(arm),
+            color=arm_colour(arm, arms),
             capsize=3,
         )
     ax.set_xticks(np.arange(len(names)), [n.split("/")[-1] for n in names])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test recall / accuracy")
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff_scatter(comparison: dict):
+    """Target-class recall against the mean recall of the other classes: one small point per arm and
+    seed, one large point per arm (the means). Up is finding the class, right is not paying for it."""
+    from leafgen.evaluation.comparison import other_recall
+
+    plt = _pyplot()
+    target, arms = comparison["target_class"], comparison["arms"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for arm in arms:
+        colour = arm_colour(arm, arms)
+        ys = comparison["test"][arm][f"recall/{target}"]["per_seed"]
+        xs = other_recall(comparison, arm)
+        ax.scatter(xs, ys, s=18, color=colour, alpha=0.55)
+        ax.scatter([np.mean(xs)], [np.mean(ys)], s=110, color=colour, edgecolor="black", label=arm)
+    ax.set_xlabel("mean test recall of the other classes")
+    ax.set_ylabel(f"test recall of {target}")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -83,9 +120,8 @@ def roc_curves(y: np.ndarray, probs: Mapping[str, Sequence[np.ndarray]]):
             for s, p in enumerate(per_seed):
                 if 0 < positives.sum() < len(y):
                     fpr, tpr, _ = roc_curve(positives, p[:, k])
-                    ax.plot(
-                        fpr, tpr, color=ARM_COLOURS.get(arm), alpha=0.8, lw=1, label=arm if s == 0 else None
-                    )
+                    colour = arm_colour(arm, list(probs))
+                    ax.plot(fpr, tpr, color=colour, alpha=0.8, lw=1, label=arm if s == 0 else None)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
         ax.set_title(name)
         ax.set_xlabel("false positive rate")

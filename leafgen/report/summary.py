@@ -96,15 +96,18 @@ def print_dreambooth_summary(run_dir: Path) -> None:
 
 
 def print_comparison_summary(run_dir: Path) -> None:
-    """The target class's test recall per arm with the augmented arm's difference, and the report's path."""
+    """The target class's test recall per arm with each arm's difference from each reference arm, and the
+    report's path."""
     evaluate, report = run_dir / "evaluate" / "_complete.json", run_dir / "report" / "_complete.json"
     if evaluate.is_file():
         out = json.loads(evaluate.read_text())["outputs"]
-        arms = ", ".join(f"{arm} {value:.3f}" for arm, value in out["target_recall"].items())
+        arms = ", ".join(f"{arm} {value:.3f}" for arm, value in out["target_recall"])
         print(f"target-class recall on the held-out test split (mean over seeds): {arms}")
-        for arm, d in out["target_delta"].items():
+        for d in out["target_delta"]:
             low, high = d["ci95"]
-            print(f"  {arm} - baseline: {d['mean']:+.3f} [{low:+.3f}, {high:+.3f}] {d['verdict']}")
+            print(
+                f"  {d['arm']} - {d['reference']}: {d['mean']:+.3f} [{low:+.3f}, {high:+.3f}] {d['verdict']}"
+            )
         for warning in out["warnings"]:
             print(f"  warning: {warning}")
     if report.is_file():

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from leafgen.config import PipelineConfig, from_dict, to_dict
-from leafgen.config.loader import all_keys
+from leafgen.config import ArmRecipe, PipelineConfig, from_dict, select, to_dict
+from leafgen.config.loader import all_keys, set_dotted
 from leafgen.errors import ConfigError
 from leafgen.stages import Stage
 
@@ -52,11 +52,21 @@ def parse_space(cfg: PipelineConfig, stages: Sequence[Stage]) -> list[Param]:
     keys = set(all_keys())
     searchable = {k for stage in stages for k in stage.config_keys}
     params = []
+    # The recipe of the arm a trial trains is searched like any setting (the data and split stay fixed).
+    arm_prefix = f"eval.arms.{trial_arm(cfg).name}."
     for key, domain in cfg.tune.space.items():
         where = f"tune.space.{key}"
-        if key not in keys:
+        recipe = key.startswith(arm_prefix)
+        if key.startswith("eval.arms.") and not recipe:
+            raise ConfigError(
+                f"{where}: cannot be searched; a trial trains one arm (tune.arm: {arm_prefix[10:-1]}), and "
+                f"only its recipe is searchable ({arm_prefix}<field>)"
+            )
+        if recipe:
+            _check_recipe_key(cfg, key, where)
+        elif key not in keys:
             raise ConfigError(f"{where}: no such config key (leafgen config explain lists them)")
-        if key.startswith(FIXED_PREFIXES):
+        if key.startswith(FIXED_PREFIXES) and not recipe:
             raise ConfigError(
                 f"{where}: cannot be searched; the data, split, evaluation, Ray and Tune settings stay "
                 "fixed so that every trial is measured on the same validation images"
@@ -77,15 +87,28 @@ def parse_space(cfg: PipelineConfig, stages: Sequence[Stage]) -> list[Param]:
     return params
 
 
+def trial_arm(cfg: PipelineConfig) -> ArmRecipe:
+    """The arm a trial trains: ``tune.arm``, or the first arm that trains on synthetic images."""
+    arms = cfg.eval.arms or ()
+    if cfg.tune.arm is not None:
+        return cfg.eval.arm(cfg.tune.arm)
+    return next((a for a in arms if a.synthetic), arms[0])
+
+
+def _check_recipe_key(cfg: PipelineConfig, key: str, where: str) -> None:
+    field = key.rsplit(".", 1)[-1]
+    if key.count(".") != 3 or field == "name":
+        raise ConfigError(
+            f"{where}: name one field of the arm's recipe, e.g. eval.arms.{trial_arm(cfg).name}.balance"
+        )
+    select(cfg, key)  # a field the recipe has, or a ConfigError naming the key
+
+
 def apply_values(cfg: PipelineConfig, values: dict[str, Any], where: str = "trial") -> PipelineConfig:
     """``cfg`` with the dotted ``values`` set, validated as a whole config."""
     raw = to_dict(cfg)
     for key, value in values.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        set_dotted(raw, key, value)
     try:
         return from_dict(PipelineConfig, raw)
     except ConfigError as exc:

@@ -1,7 +1,8 @@
 """What one Tune trial runs: the pipeline up to the mixed training set, then one classifier on it,
 scored on the validation split only.
 
-The trial's classifier is the augmented arm's recipe at ``classifier.seed``; its per-epoch validation
+The trial's classifier is the recipe of the arm ``tune.arm`` names (the augmented arm by default) at
+``classifier.seed``; its per-epoch validation
 metrics go to Tune while it trains (through the callbacks of ``leafgen.distributed.tune``), which is what
 ASHA stops weak trials on. No test image is predicted: selection never sees the held-out split, which
 only the final evaluation of the best configuration uses.
@@ -14,29 +15,36 @@ from typing import Any
 import numpy as np
 
 from leafgen import atomic
+from leafgen.classifier.export import LOG_DIR
+from leafgen.classifier.runs import spec_for
 from leafgen.classifier.stage import CLASSIFIER
 from leafgen.config import PipelineConfig
 from leafgen.data.stages import DATASET, SPLIT
 from leafgen.diffusion.finetune.stages import CLASS_IMAGES, DREAMBOOTH
 from leafgen.diffusion.generation.stages import GATE, GENERATE_FINETUNED
-from leafgen.evaluation.arms import arm_config, mixed_arrays
+from leafgen.evaluation.arms import arm_config, synthetic_use
 from leafgen.evaluation.mix_stage import MIX
+from leafgen.evaluation.train_sets import train_set
 from leafgen.stages import Stage, StageContext
+from leafgen.tuning.space import trial_arm
 
 METRICS_FILE = "metrics.json"
 
 
 def _fit(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
-    from leafgen.distributed.train_classifier import read_history, train_on_ray
+    from leafgen.distributed.train_classifier import read_history, train_runs_on_ray
     from leafgen.distributed.trial_context import trial_callbacks
 
-    arrays = mixed_arrays(cfg, ctx)
-    arm_cfg = arm_config(cfg, "augmented", cfg.classifier.seed)
-    train_on_ray(arm_cfg, arrays, ctx.dir / "ray", callbacks=trial_callbacks(), run=ctx.run.storage)
-    history = read_history(ctx.dir / "ray")
+    arm = trial_arm(cfg)
+    arrays = train_set(cfg, ctx, arm.train)
+    settings = arm_config(cfg, arm, cfg.classifier.seed).classifier
+    spec = spec_for(f"{arm.name}/trial", ctx.dir, settings, arrays, cfg.data.target_class, synthetic_use(arm))
+    train_runs_on_ray(cfg, [spec], ctx.dir / LOG_DIR, callbacks=trial_callbacks(), run=ctx.run.storage)
+    history = read_history(ctx.dir / LOG_DIR)
     final = {k: v for k, v in history[-1].items() if k.startswith("val/") and isinstance(v, (int, float))}
     labels = np.load(arrays["train_labels"])
     outputs = {
+        "arm": arm.name,
         "val": final,
         "epochs": len(history),
         "train_images": int(len(labels)),
@@ -52,7 +60,7 @@ TRIAL_FIT = Stage(
     name="trial_fit",
     summary=lambda o: ", ".join(f"{k} {v:.3f}" for k, v in o["val"].items() if k.count("/") == 1),
     fn=_fit,
-    config_keys=("classifier", "data.target_class"),
+    config_keys=("classifier", "data.target_class", "tune.arm", "eval.arms"),
     inputs=("dataset", "split", "classifier", "mix"),
 )
 

@@ -5,7 +5,7 @@ from torch.utils.data import DataLoader
 
 from leafgen.classifier.engine import (
     ArrayDataset,
-    balanced_sampler,
+    WeightedCrossEntropy,
     build_loss,
     build_optimizer,
     build_scheduler,
@@ -49,12 +49,21 @@ def test_class_weights_are_inverse_frequency():
     assert build_loss(ClassifierConfig(), [0, 1, 2, 3]).weight is None
 
 
-def test_balanced_sampler_draws_classes_equally():
-    labels = [0] * 500 + [1] * 20 + [2] * 300 + [3] * 180
-    drawn = np.bincount([labels[i] for i in balanced_sampler(labels, seed=0)], minlength=4)
-    assert drawn.sum() == len(labels)
-    assert np.all(np.abs(drawn / len(labels) - 0.25) < 0.05), drawn
-    assert list(balanced_sampler(labels, seed=1)) == list(balanced_sampler(labels, seed=1))
+def test_weighted_loss_is_torch_mean_and_a_sample_weight_scales_only_that_samples_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4, requires_grad=True)
+    y = torch.tensor([0, 1, 1, 2, 3, 1])
+    weight = class_weights(y.tolist())
+    for cw, smoothing in ((None, 0.0), (weight, 0.0), (weight, 0.1)):
+        loss = WeightedCrossEntropy(cw, smoothing)
+        reference = torch.nn.CrossEntropyLoss(weight=cw, label_smoothing=smoothing)(logits, y)
+        assert torch.allclose(loss(logits, y), reference)
+        assert torch.allclose(loss(logits, y, torch.ones(6)), reference)
+        plain = torch.autograd.grad(loss(logits, y), logits)[0]
+        synthetic = torch.tensor([False, True, False, False, False, True])
+        weighted = torch.autograd.grad(loss(logits, y, torch.where(synthetic, 0.5, 1.0)), logits)[0]
+        assert torch.allclose(weighted[~synthetic], plain[~synthetic])  # real samples: untouched
+        assert torch.allclose(weighted[synthetic], 0.5 * plain[synthetic])  # synthetic: scaled by w
 
 
 def test_schedule_warms_up_then_decays():

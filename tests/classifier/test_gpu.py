@@ -45,9 +45,10 @@ def test_bf16_channels_last_loop_learns_on_cuda():
 
 
 def test_ray_train_uses_nccl_on_gpu(tmp_path):
+    from leafgen.classifier.runs import spec_for
     from leafgen.config import RayConfig
     from leafgen.distributed.runtime import ensure_ray
-    from leafgen.distributed.train_classifier import read_history, train_on_ray
+    from leafgen.distributed.train_classifier import read_history, train_runs_on_ray
 
     ensure_ray(RayConfig(temp_dir="/tmp/lg-gpu-ray"))
     cfg = load_config(None, ["classifier.image_size=32", "classifier.epochs=2", "classifier.num_workers=1"])
@@ -59,5 +60,6 @@ def test_ray_train_uses_nccl_on_gpu(tmp_path):
             tmp_path / f"{name}_images.npy",
             tmp_path / f"{name}_labels.npy",
         )
-    result = train_on_ray(cfg, arrays, tmp_path / "ray")
-    assert result.error is None and len(read_history(tmp_path / "ray")) == 2
+    spec = spec_for("gpu", tmp_path / "run", cfg.classifier, arrays, "multiple_diseases")
+    train_runs_on_ray(cfg, [spec], tmp_path / "ray")
+    assert spec.done() and len(read_history(tmp_path / "run" / "ray")) == 2

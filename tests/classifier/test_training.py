@@ -7,7 +7,6 @@ import torch
 from leafgen.classifier.training import (
     META_FILE,
     MODEL_FILE,
-    EpochSampler,
     SplitArrays,
     fit,
     load_classifier,
@@ -68,20 +67,3 @@ def test_resume_continues_after_the_checkpointed_epoch(splits, tmp_path):
     resumed = []
     fit(_cfg(), *splits, lambda m, c: resumed.append(m["epoch"]), resume_from=tmp_path / "1")
     assert resumed == [2, 3]
-
-
-def test_sampler_shards_are_disjoint_and_equal_length():
-    labels = np.array([0] * 7 + [1] * 2 + [2] * 5 + [3] * 6)
-    shards = [EpochSampler(labels, seed=0, balanced=False, rank=r, world_size=3) for r in range(3)]
-    parts = [list(s) for s in shards]
-    assert len({len(p) for p in parts}) == 1 and len(parts[0]) == len(shards[0])
-    assert set().union(*map(set, parts)) == set(range(len(labels)))
-    shards[0].set_epoch(1)
-    assert list(shards[0]) != parts[0]
-
-
-def test_balanced_sampler_evens_out_classes():
-    labels = np.array([0] * 500 + [1] * 20 + [2] * 300 + [3] * 180)
-    drawn = np.concatenate([list(EpochSampler(labels, 0, True, r, 2)) for r in range(2)])
-    share = np.bincount(labels[drawn], minlength=4) / len(drawn)
-    assert np.all(np.abs(share - 0.25) < 0.05), share

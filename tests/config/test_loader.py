@@ -57,7 +57,7 @@ def test_misspelt_keys_name_the_closest_valid_key(override, message):
         ("data.split=[0.5, 0.1, 0.1]", r"data\.split: needs three positive fractions summing to 1"),
         ("data.split=[0.5, 0.5]", r"data\.split: expected a list of 3 values"),
         ("data.procedural.size=8", r"data\.procedural\.size: must be between 32 and 4096"),
-        ("generate.strength=0", r"generate\.strength: must be in \(0, 1\]"),
+        ("generate.strength=0", r"generate\.strength: every strength must be in \(0, 1\]"),
         (
             "classifier.checkpoint_metric=val/auc",
             r"classifier\.checkpoint_metric: must be one of val/accuracy",

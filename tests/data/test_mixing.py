@@ -12,7 +12,10 @@ from leafgen.labels import CLASSES
 
 MD = CLASSES.index("multiple_diseases")
 TRAIN = [(f"Train_{i}", MD if i < 4 else 0) for i in range(10)]  # 4 real target-class images
-ACCEPTED = [{"id": f"syn-{i:06d}", "file": f"images/syn-{i:06d}.png"} for i in (5, 1, 3, 0, 2, 4, 6)]
+ACCEPTED = [
+    {"id": f"syn-{i:06d}", "file": f"images/syn-{i:06d}.png", "source_id": f"Train_{i % 4}" if i % 2 else ""}
+    for i in (5, 1, 3, 0, 2, 4, 6)
+]
 
 
 def mix(ratio, accepted=ACCEPTED):
@@ -25,7 +28,12 @@ def test_ratio_gives_exact_counts_of_the_first_accepted_images(ratio, expected):
     synthetic = [r for r in mixed.rows if r[2] == "synthetic"]
     assert mixed.synthetic == mixed.requested == expected and mixed.shortfall == 0
     assert [r[0] for r in synthetic] == [f"syn-{i:06d}" for i in range(expected)]
-    assert all(r[1] == MD and r[3] == Path("/gen/images") / f"{r[0]}.png" for r in synthetic)
+    assert all(r.label == MD and r.path == Path("/gen/images") / f"{r.image_id}.png" for r in synthetic)
+    # A synthetic row names the real image it was made from (img2img), or none (txt2img).
+    assert all(
+        r.source_id == (f"Train_{int(r.image_id[-1]) % 4}" if int(r.image_id[-1]) % 2 else "")
+        for r in synthetic
+    )
     assert [r[:2] for r in mixed.rows if r[2] == "real"] == TRAIN
 
 

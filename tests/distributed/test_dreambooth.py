@@ -113,11 +113,20 @@ def test_killed_worker_resumes_from_the_last_checkpoint(dreambooth_run, tmp_path
 
 def test_probe_drift_command_compares_base_and_fine_tune(dreambooth_run, capsys):
     run_dir, args = dreambooth_run
-    extra = ["--samples", "2", "--steps", "2", "dreambooth.drift_prompts=[apple orchard]"]
+    extra = [
+        "--samples",
+        "2",
+        "--other-samples",
+        "1",
+        "--steps",
+        "2",
+        "dreambooth.drift_prompts=[apple orchard]",
+    ]
     assert main(["probe-drift", *args, *extra]) == 0
-    result = json.loads((run_dir / "drift" / "drift.json").read_text())
+    result = json.loads((run_dir / "drift-probe" / "drift.json").read_text())
     prompts = [row["prompt"] for row in result["prompts"]]
     assert prompts[0] == f"{IDENTIFIER} leaf" and prompts[-1] == "apple orchard" and len(prompts) == 12
+    assert [row["samples"] for row in result["prompts"][:3]] == [2, 2, 1]  # instance, class, the rest
     assert result["after"] == str(run_dir / "dreambooth" / "model")
-    assert (run_dir / "drift" / "drift_grid.png").is_file()
+    assert (run_dir / "drift-probe" / "drift_grid.png").is_file()
     assert "feature distance" in capsys.readouterr().out

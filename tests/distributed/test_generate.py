@@ -189,3 +189,40 @@ def test_generate_renders_a_user_prompt_table(generation_run, tmp_path):
     assert [(r["id"], r["prompt"], r["seed"]) for r in manifest] == [
         (r["id"], r["prompt"], r["seed"]) for r in rows
     ]
+
+
+def test_error_allocation_reads_validation_never_test_and_is_recorded(generation_run, tmp_path):
+    from leafgen.config import load_config
+    from leafgen.data.split import read_split
+    from leafgen.data.stages import dataset_root
+    from leafgen.pipeline import GENERATION_STAGES, run_pipeline
+    from leafgen.stages import RunDir
+
+    src, args = generation_run
+    run_dir = tmp_path / "run"
+    for stage in ("dataset", "split", "classifier", "config.yaml"):
+        (shutil.copytree if (src / stage).is_dir() else shutil.copy2)(src / stage, run_dir / stage)
+    images = dataset_root(None, RunDir(run_dir).marker("dataset")["outputs"], run_dir) / "images"
+    for image_id, _ in read_split(run_dir / "split" / "split.csv")["test"]:
+        (images / f"{image_id}.jpg").write_bytes(b"not an image")  # reading one would fail the stage
+    overrides = [a for a in args[2:] if not a.startswith(("run_dir=", "generate.num_images"))]
+    cfg = load_config(
+        args[1],
+        [
+            *overrides,
+            f"run_dir={run_dir}",
+            "generate.num_images=8",
+            "generate.mode=img2img",
+            "generate.strength=[0.5, 1.0]",
+            "generate.allocation=errors",
+            "generate.allocation_floor=0.25",
+        ],
+    )
+    run_pipeline(cfg, only=("generate",), stages=GENERATION_STAGES)
+    allocation = json.loads((run_dir / "generate" / "allocation.json").read_text())
+    sources = allocation["sources"]
+    assert allocation["allocation"] == "errors" and sum(s["rows"] for s in sources) == 8
+    most = max(sources, key=lambda s: s["error"])
+    assert most["error"] > 0 and most["rows"] == max(s["rows"] for s in sources)
+    manifest = pq.read_table(run_dir / "generate" / "manifest.parquet").to_pylist()
+    assert {r["strength"] for r in manifest} <= {0.5, 1.0}

@@ -12,9 +12,7 @@ from ..diffusion.conftest import tiny_architecture
 from .conftest import TINY_RUN
 
 
-def test_judge_is_the_balanced_recipe_with_another_seed_and_the_check_uses_both(
-    ray_cluster, data_run, tmp_path, capsys
-):
+def test_judge_has_its_own_recipe_and_seed_and_the_check_uses_both(ray_cluster, data_run, tmp_path, capsys):
     model = tmp_path / "t2i"
     build_pipeline(tiny_architecture(), seed=0).save_pretrained(model, safe_serialization=True)
     out = tmp_path / "check"
@@ -23,6 +21,7 @@ def test_judge_is_the_balanced_recipe_with_another_seed_and_the_check_uses_both(
         f"run_dir={data_run}",
         *TINY_RUN,
         "classifier.epochs=1",
+        "eval.judge.epochs=2",
         f"base_model.name_or_path={model}",
         "base_model.resolution=16",
         "base_model.width=24",
@@ -39,6 +38,7 @@ def test_judge_is_the_balanced_recipe_with_another_seed_and_the_check_uses_both(
     judge = json.loads((data_run / "judge" / "model" / "classifier.json").read_text())
     assert classifier["config"]["seed"] == 0 and judge["config"]["seed"] == 1000
     assert judge["config"]["balanced_sampling"] and not classifier["config"]["balanced_sampling"]
+    assert (judge["config"]["epochs"], classifier["config"]["epochs"]) == (2, 1)  # the judge's own budget
     assert (data_run / "judge" / "model" / "model.safetensors").read_bytes() != (
         data_run / "classifier" / "model" / "model.safetensors"
     ).read_bytes()
@@ -52,8 +52,8 @@ def test_judge_is_the_balanced_recipe_with_another_seed_and_the_check_uses_both(
 
     # The judge seed must not be the gating classifier's; refusing it leaves the finished judge in place.
     assert (
-        main(["check-base-model", f"run_dir={data_run}", *TINY_RUN, "eval.judge_seed=0", "--out", str(out)])
+        main(["check-base-model", f"run_dir={data_run}", *TINY_RUN, "eval.judge.seed=0", "--out", str(out)])
         == 2
     )
-    assert "eval.judge_seed" in capsys.readouterr().err
+    assert "eval.judge.seed" in capsys.readouterr().err
     assert (data_run / "judge" / "model" / "model.safetensors").is_file()

@@ -39,8 +39,11 @@ PIPELINE = [
     "dreambooth.validation_steps=1",
     "dreambooth.num_validation_images=1",
     "eval.seeds=[0,1]",
-    "eval.judge_seed=1",
+    # The judge's recipe is then the balanced arm's at seed 1, which is reused instead of trained again.
+    "eval.judge.seed=1",
+    "eval.judge.epochs=1",
     "eval.drift_samples=2",
+    "eval.drift_other_samples=1",
     "eval.bootstrap_samples=100",
     "mix.synthetic_ratio=1.0",
 ]
@@ -77,17 +80,20 @@ def test_rerun_after_a_kill_completes_every_stage_and_prints_the_report(pipeline
     assert str(run_dir / "report" / "report.html") in out
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
     comparison = metrics["comparison"]
-    assert comparison["arms"] == ["baseline", "balanced", "augmented"]
-    assert set(comparison["deltas"]) == {"balanced", "augmented"}
+    assert comparison["arms"] == ["baseline", "balanced", "augmented", "augmented_balanced"]
+    assert set(comparison["deltas"]) == {"baseline", "balanced"}  # every arm against both references
+    assert set(comparison["deltas"]["balanced"]) == {"baseline", "augmented", "augmented_balanced"}
     assert set(metrics["stage_seconds"]) >= {s.name for s in STAGES if s.name != "report"}
-    # The same recipe and seed are not trained again: the gating classifier is the baseline arm's seed 0,
-    # the (class-balanced) judge the balanced arm's seed 1.
+    # The same settings are not trained again: the gating classifier is the baseline arm's seed 0, the
+    # judge (here given the balanced arm's recipe at seed 1) that arm's seed 1.
     for arm, seed, stage in (("baseline", 0, "classifier"), ("balanced", 1, "judge")):
         result = json.loads((run_dir / "arms" / arm / f"seed_{seed}" / "result.json").read_text())
-        assert result["reused"] and result["model_dir"] == f"{stage}/model"
+        assert result["reused"] == stage and result["model_dir"] == f"{stage}/model"
     arms = json.loads((run_dir / "arms" / "_complete.json").read_text())["outputs"]
     trained = {(r["arm"], r["seed"]) for r in arms["runs"] if not r["reused"]}
     assert trained == {("baseline", 1), ("balanced", 0)}
+    retrain = json.loads((run_dir / "retrain" / "_complete.json").read_text())["outputs"]
+    assert retrain["arms"] == ["augmented", "augmented_balanced"] and len(retrain["runs"]) == 4
 
 
 def test_synthetic_images_reach_only_the_augmented_train_set(pipeline_run):
@@ -107,7 +113,7 @@ def test_synthetic_images_reach_only_the_augmented_train_set(pipeline_run):
     held_out = {i for part in ("val", "test") for i, _ in split[part]}
     assert not held_out & {r["image_id"] for r in synthetic}
     retrain = run_dir / "retrain"
-    assert len(np.load(retrain / "arrays" / "train_labels.npy")) == len(mixed)
+    assert len(np.load(retrain / "arrays" / "mix" / "train_labels.npy")) == len(mixed)
     result = json.loads((retrain / "augmented" / "seed_0" / "result.json").read_text())
     assert result["train_images"] == len(split["train"]) + len(synthetic)
     base = json.loads((run_dir / "arms" / "balanced" / "seed_0" / "result.json").read_text())
@@ -129,6 +135,52 @@ def test_changing_only_the_ratio_reruns_only_the_stages_after_the_gate(pipeline_
     assert redone == {"mix", "retrain", "evaluate", "report"}
     mix = json.loads((run_dir / "mix" / "summary.json").read_text())
     assert mix["synthetic_ratio"] == 0.5 and mix["synthetic"] == mix["requested"]
+
+
+ARMS_WITH_CAS = (
+    "eval.arms=[{name: baseline}, {name: balanced, balance: sampling},"
+    " {name: augmented, train: mix, synthetic_mode: swap, swap_probability: 0.5},"
+    " {name: augmented_balanced, train: mix, balance: sampling}, {name: cas, train: synthetic_only}]"
+)
+
+
+def test_changing_one_arm_and_adding_another_trains_only_those(pipeline_run, capsys, tmp_path):
+    src, args = pipeline_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    kept = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/*/seed_*/result.json")}
+    args = [*[a for a in args if not a.startswith("run_dir=")], f"run_dir={run_dir}", ARMS_WITH_CAS]
+    assert main(["run", *args]) == 0
+    arms = json.loads((run_dir / "arms" / "_complete.json").read_text())["outputs"]
+    assert arms["trained"] == []  # the stage's key moved with eval.arms; none of its runs' keys did
+    retrain = json.loads((run_dir / "retrain" / "_complete.json").read_text())["outputs"]
+    assert retrain["arms"] == ["augmented", "augmented_balanced", "cas"]
+    assert sorted(retrain["trained"]) == ["augmented/seed_0", "augmented/seed_1", "cas/seed_0", "cas/seed_1"]
+    for path, mtime in kept.items():
+        changed = path.stat().st_mtime_ns != mtime
+        assert changed == (path.parent.parent.name == "augmented"), path  # only augmented retrained
+    # The synthetic_only arm sees the target class only through synthetic images.
+    folder = run_dir / "retrain" / "arrays" / "synthetic_only"
+    labels, synthetic = np.load(folder / "train_labels.npy"), np.load(folder / "train_synthetic.npy")
+    assert synthetic.any() and synthetic[labels == 1].all() and not synthetic[labels != 1].any()
+    comparison = json.loads((run_dir / "evaluate" / "comparison.json").read_text())
+    assert comparison["arms"][-1] == "cas" and "cas" in comparison["deltas"]["balanced"]
+
+
+def test_the_same_arm_and_seed_trained_again_gives_identical_probabilities(pipeline_run, tmp_path):
+    src, args = pipeline_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    again = run_dir / "arms" / "balanced" / "seed_0"
+    shutil.rmtree(again)
+    (run_dir / "arms" / "_complete.json").unlink()
+    args = [*[a for a in args if not a.startswith("run_dir=")], f"run_dir={run_dir}"]
+    assert main(["run", "--only", "arms", *args]) == 0
+    arms = json.loads((run_dir / "arms" / "_complete.json").read_text())["outputs"]
+    assert arms["trained"] == ["balanced/seed_0"]
+    for name in ("test_probs.npy", "val_probs.npy"):
+        first = np.load(src / "arms" / "balanced" / "seed_0" / name)
+        assert np.array_equal(np.load(again / name), first), name  # bit for bit, in another fit
 
 
 def _chromium():

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -105,34 +106,44 @@ def test_predict_writes_a_kaggle_submission(trained, tmp_path, capsys):
     assert "not a trained classifier" in capsys.readouterr().err
 
 
-def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, data_run, tmp_path):
+def test_a_killed_worker_resumes_its_group_from_the_interrupted_run(ray_cluster, data_run, tmp_path):
+    """Two runs in one fit: a worker killed during the second leaves the first finished and untouched;
+    the new worker group skips it and continues the second from its checkpoint."""
+    from leafgen.classifier.runs import spec_for
     from leafgen.classifier.stage import cache_split_arrays
-    from leafgen.distributed.train_classifier import train_on_ray
+    from leafgen.distributed.train_classifier import train_runs_on_ray
 
     cfg = load_config(
-        TINY_RUN[1], [f"run_dir={data_run}", *TINY_RUN[2:], "classifier.epochs=8", "classifier.num_workers=2"]
+        TINY_RUN[1], [f"run_dir={data_run}", *TINY_RUN[2:], "classifier.epochs=4", "classifier.num_workers=2"]
     )
     run = RunDir(data_run)
     arrays = cache_split_arrays(
         cfg, StageContext(run, tmp_path, {n: run.marker(n)["outputs"] for n in ("dataset", "split")})
     )
-    storage = tmp_path / "ray"
+    specs = [
+        spec_for(name, tmp_path / name, replace(cfg.classifier, seed=seed), arrays, "multiple_diseases")
+        for name, seed in (("first", 0), ("second", 1))
+    ]
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault("result", train_on_ray(cfg, arrays, storage)))
+    thread = threading.Thread(
+        target=lambda: outcome.setdefault("done", train_runs_on_ray(cfg, specs, tmp_path / "ray") or True)
+    )
     thread.start()
-    # Find the worker processes first (the state API takes a while), then kill one right after the first
-    # checkpoint, while training is still running.
+    # Find the worker processes first (the state API takes a while), then kill one right after the second
+    # run's first checkpoint, while training is still running.
     deadline = time.time() + 300
     while len(workers := alive_actors("RayTrainWorker")) < 2:
         assert time.time() < deadline, "the worker group never started"
         time.sleep(0.2)
-    _wait_for_epochs(storage, 2)
+    _wait_for_epochs(tmp_path / "second" / "ray", 2)
     os.kill(workers[-1].pid, signal.SIGKILL)
     thread.join(timeout=900)
-    assert outcome["result"].error is None
-    history = read_history(storage)
-    assert [row["epoch"] for row in history] == list(range(1, 9))
-    assert history[-1]["start_epoch"] > 1  # the new worker group continued from a checkpoint
+    assert outcome.get("done")
+    first, second = (read_history(tmp_path / name / "ray") for name in ("first", "second"))
+    assert [row["epoch"] for row in first] == [1, 2, 3, 4] and first[-1]["start_epoch"] == 1
+    assert [row["epoch"] for row in second] == [1, 2, 3, 4]
+    assert second[-1]["start_epoch"] > 1  # the new worker group continued from a checkpoint
+    assert all(spec.done() for spec in specs)
 
 
 def test_interrupted_driver_resumes_with_the_same_command(ray_cluster, data_run, tmp_path):

@@ -107,7 +107,8 @@ def test_the_best_config_is_tested_over_seeds_and_runs_with_leafgen_run(search, 
     best_yaml = run_dir / "best_config.yaml"
     assert str(best_yaml) in out and str(run_dir / "report" / "report.html") in out
     comparison = json.loads((run_dir / "best" / "evaluate" / "comparison.json").read_text())
-    assert comparison["arms"] == ["baseline", "balanced", "augmented"] and comparison["seeds"] == [0]
+    assert comparison["arms"] == ["baseline", "balanced", "augmented", "augmented_balanced"]
+    assert comparison["seeds"] == [0]
     report = (run_dir / "report" / "report.md").read_text()
     assert "held-out test split" in report and "objective_vs_mix_synthetic_ratio.png" in report
     assert (run_dir / "report" / "objective_vs_dreambooth_learning_rate.png").is_file()

@@ -64,7 +64,7 @@ def test_a_clear_gain_on_the_target_class_is_better_and_unchanged_classes_are_no
     base = [probs_for(y, rng, {MD: 0.4}) for _ in range(3)]
     aug = [probs_for(y, rng, {MD: 0.95}) for _ in range(3)]
     result = compare(y, {"baseline": base, "augmented": aug})
-    target = result["deltas"]["augmented"]["recall/multiple_diseases"]
+    target = result["deltas"]["baseline"]["augmented"]["recall/multiple_diseases"]
     assert target["verdict"] == "better"
     assert target["ci95"][0] > 0 and all(d > 0 for d in target["per_seed"])
     assert 0.4 < target["mean"] < 0.7
@@ -77,7 +77,7 @@ def test_identical_arms_show_no_difference():
     y = labels()
     base = [probs_for(y, rng, {}) for _ in range(3)]
     result = compare(y, {"baseline": base, "balanced": [p.copy() for p in base]})
-    for entry in result["deltas"]["balanced"].values():
+    for entry in result["deltas"]["baseline"]["balanced"].values():
         assert entry["mean"] == 0 and entry["ci95"] == [0.0, 0.0]
         assert entry["verdict"] == "no clear difference"
 
@@ -87,7 +87,7 @@ def test_a_gain_in_one_seed_only_is_no_verdict_even_with_a_tight_interval():
     y = labels()
     base = [probs_for(y, rng, {MD: 0.3}) for _ in range(3)]
     aug = [probs_for(y, rng, {MD: 1.0}), base[1].copy(), base[2].copy()]
-    entry = compare(y, {"baseline": base, "augmented": aug})["deltas"]["augmented"][
+    entry = compare(y, {"baseline": base, "augmented": aug})["deltas"]["baseline"]["augmented"][
         "recall/multiple_diseases"
     ]
     assert entry["ci95"][0] > 0  # the test-image interval alone would call it better
@@ -100,7 +100,7 @@ def test_a_class_with_few_test_images_gets_no_verdict_and_a_warning():
     base = [probs_for(y, rng, {MD: 0.0}) for _ in range(2)]
     aug = [probs_for(y, rng, {MD: 1.0}) for _ in range(2)]
     result = compare(y, {"baseline": base, "augmented": aug}, seeds=(0, 1))
-    entry = result["deltas"]["augmented"]["recall/multiple_diseases"]
+    entry = result["deltas"]["baseline"]["augmented"]["recall/multiple_diseases"]
     assert entry["mean"] == 1.0 and entry["verdict"].startswith("too few test images")
     assert any("fewer than" in w and "multiple_diseases" in w for w in result["warnings"])
 
@@ -113,7 +113,7 @@ def test_a_validation_gain_that_the_test_split_does_not_confirm_is_flagged():
     val_base = [probs_for(y, rng, {MD: 0.5}) for _ in range(3)]
     val_aug = [probs_for(y, rng, {MD: 0.9}) for _ in range(3)]
     result = compare(y, {"baseline": base, "augmented": same}, {"baseline": val_base, "augmented": val_aug})
-    entry = result["deltas"]["augmented"]["recall/multiple_diseases"]
+    entry = result["deltas"]["baseline"]["augmented"]["recall/multiple_diseases"]
     assert entry["val_mean"] > 0.2 and entry["verdict"] == "no clear difference"
     assert any("validation gain is not confirmed" in w for w in result["warnings"])
 
@@ -126,3 +126,25 @@ def test_one_seed_warns_that_training_spread_is_unmeasured():
     )
     assert result["test"]["baseline"]["accuracy"]["std"] is None
     assert any("one seed" in w for w in result["warnings"])
+
+
+def test_every_arm_is_compared_with_each_reference():
+    rng = np.random.default_rng(5)
+    y = labels()
+    shares = {"baseline": {MD: 0.1}, "balanced": {MD: 0.9}, "augmented": {MD: 0.6}}
+    arms = {arm: [probs_for(y, rng, s) for _ in range(3)] for arm, s in shares.items()}
+    result = compare_arms(
+        y, arms, y, arms, [0, 1, 2], "multiple_diseases", 300, references=("baseline", "balanced")
+    )
+    assert result["references"] == ["baseline", "balanced"]
+    assert set(result["deltas"]["baseline"]) == {"balanced", "augmented"}
+    assert set(result["deltas"]["balanced"]) == {"baseline", "augmented"}
+    md = "recall/multiple_diseases"
+    assert result["deltas"]["baseline"]["augmented"][md]["verdict"] == "better"
+    assert result["deltas"]["balanced"]["augmented"][md]["verdict"] == "worse"
+    # The same resample serves both: augmented - baseline = (augmented - balanced) + (balanced - baseline).
+    via = (
+        result["deltas"]["balanced"]["augmented"][md]["mean"]
+        + result["deltas"]["baseline"]["balanced"][md]["mean"]
+    )
+    assert result["deltas"]["baseline"]["augmented"][md]["mean"] == pytest.approx(via)

@@ -44,11 +44,30 @@ def test_a_valid_space_parses_into_params():
         ("{mix.synthetic_ratio: {choice: [0, -1]}}", r"value -1.*mix.synthetic_ratio: must be >= 0"),
         ("{dreambooth.max_train_steps: {choice: [10, ten]}}", "expected an integer"),
         ("{mix.synthetic_ratio: [0, 1]}", "expected one of"),
+        ("{eval.arms.baseline.balance: {choice: [none, loss]}}", "cannot be searched"),
+        ("{eval.arms.augmented.name: {choice: [a, b]}}", "name one field of the arm's recipe"),
+        ("{eval.arms.augmented.colour: {choice: [a, b]}}", "eval.arms.augmented.colour: no such config key"),
+        (
+            "{eval.arms.augmented.swap_probability: {choice: [0.5, 2]}}",
+            r"value 2.*eval\.arms\[augmented\]\.swap_probability: must be in \[0, 1\]",
+        ),
     ],
 )
 def test_bad_spaces_name_the_key(space, message):
     with pytest.raises(ConfigError, match=message):
         parse_space(_space(space), TRIAL_STAGES)
+
+
+def test_the_recipe_of_the_trial_arm_is_searchable_by_name():
+    cfg = _space(
+        "{eval.arms.augmented.synthetic_mode: {choice: [append, swap]},"
+        " eval.arms.augmented.swap_probability: {uniform: [0.2, 0.8]}}"
+    )
+    params = {p.key: p for p in parse_space(cfg, TRIAL_STAGES)}
+    assert set(params) == {"eval.arms.augmented.synthetic_mode", "eval.arms.augmented.swap_probability"}
+    trial = apply_values(cfg, {"eval.arms.augmented.synthetic_mode": "swap"})
+    assert trial.eval.arm("augmented").synthetic_mode == "swap"
+    assert trial.eval.arm("augmented_balanced") == cfg.eval.arm("augmented_balanced")
 
 
 def test_grid_search_takes_choices_only():

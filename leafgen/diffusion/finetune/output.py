@@ -20,13 +20,14 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft.utils import get_peft_model_state_dict
-from torchvision.utils import make_grid
+from PIL import Image
 
 from leafgen.config import DreamBoothConfig, dump_yaml
 from leafgen.diffusion.components import initial_noise
 from leafgen.diffusion.finetune.adapters import LORA_FILE
 from leafgen.diffusion.finetune.dreambooth import DreamBoothModels
 from leafgen.diffusion.finetune.identifier import save_learned_embeds
+from leafgen.report.grids import GridRow, labelled_grid
 
 
 def inference_pipeline(models: DreamBoothModels) -> StableDiffusionPipeline:
@@ -46,16 +47,16 @@ def inference_pipeline(models: DreamBoothModels) -> StableDiffusionPipeline:
 
 
 @torch.no_grad()
-def validation_grid(
+def validation_images(
     models: DreamBoothModels,
     prompts: tuple[str, ...],
     per_prompt: int,
     size: tuple[int, int],
     steps: int = 20,
     guidance: float = 3.0,
-) -> torch.Tensor:
-    """One row per prompt, images with seeds 0..per_prompt-1 (the same every time, so rows compare across
-    training steps); a float image (3, H, W) in [0, 1]."""
+) -> list[torch.Tensor]:
+    """Per prompt, images with seeds 0..per_prompt-1 (the same every time, so a cell compares across
+    training steps): floats (per_prompt, 3, H, W) in [0, 1]."""
     pipe = inference_pipeline(models)
     training = models.unet.training, models.text_encoder.training
     models.unet.eval(), models.text_encoder.eval()
@@ -75,7 +76,21 @@ def validation_grid(
             ).images.cpu()
         )
     models.unet.train(training[0]), models.text_encoder.train(training[1])
-    return make_grid(torch.cat(rows), nrow=per_prompt, padding=1)
+    return rows
+
+
+def validation_grid(
+    models: DreamBoothModels,
+    prompts: tuple[str, ...],
+    per_prompt: int,
+    size: tuple[int, int],
+    step: int,
+    **kw,
+) -> Image.Image:
+    """The validation grid of ``step``: one labelled row per prompt, seeds 0..per_prompt-1 in every row."""
+    rows = validation_images(models, prompts, per_prompt, size, **kw)
+    title = f"step {step}: seeds 0-{per_prompt - 1} in every row, the same at every step"
+    return labelled_grid([GridRow(p, [x]) for p, x in zip(prompts, rows)], title)
 
 
 def model_card(cfg: DreamBoothConfig, base_model: str, kind: str) -> str:

@@ -16,14 +16,13 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from torchvision.utils import save_image
 
-from leafgen import atomic
 from leafgen.config import DreamBoothConfig
 from leafgen.diffusion.finetune.data import ImageSet
 from leafgen.diffusion.finetune.dreambooth import prepare_models
 from leafgen.diffusion.finetune.loop import WEIGHTS_FILE, DreamBoothTrainer, apply_trainable_state
 from leafgen.diffusion.finetune.output import save_dreambooth, validation_grid
+from leafgen.report.grids import save_grid
 from leafgen.worker import ReportFn, WorkerContext
 
 LOG_EVERY = 10
@@ -82,11 +81,8 @@ def fit_dreambooth(
 def _validate(
     trainer: DreamBoothTrainer, cfg: DreamBoothConfig, size: tuple[int, int], folder: Path, step: int
 ) -> Path:
-    grid = validation_grid(trainer.models, cfg.validation_prompts, cfg.num_validation_images, size)
-    target = grid_path(folder, step)
-    with atomic.atomic_path(target) as tmp:
-        save_image(grid, tmp)
-    return target
+    grid = validation_grid(trainer.models, cfg.validation_prompts, cfg.num_validation_images, size, step)
+    return save_grid(grid, grid_path(folder, step))
 
 
 def export_checkpoint(

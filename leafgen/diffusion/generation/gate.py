@@ -1,9 +1,11 @@
 """The quality gate: keep a synthetic image only if it shows the target class and copies no real image.
 
-Two checks per image, both recorded in the manifest with the decision:
+Checks per image, recorded in the manifest with the decision and its reason:
 
-- ``score``: the baseline classifier's probability of the target class; kept if at least
-  ``gate.threshold``.
+- ``score``: the gating (baseline) classifier's probability of the target class; kept if at least
+  ``gate.threshold`` and, when ``gate.margin`` is set, ahead of every other class's probability by the
+  margin (``margin``: the target's lead over the next class); dropped as too easy above
+  ``gate.max_score`` (ALIA keeps neither confidently wrong nor confidently right edits).
 - ``copy_distance``: Hamming distance of the image's 64-bit perceptual hash (pHash) to the nearest real
   train, val or test image (``nearest_real``); at or below ``gate.near_duplicate_distance`` it is a copy,
   which a DreamBooth model can return for its instance photos, and would leak test images into training.
@@ -12,6 +14,7 @@ Two checks per image, both recorded in the manifest with the decision:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,8 @@ from leafgen.errors import LeafgenError
 from leafgen.labels import CLASSES
 
 REJECT_SCORE = "score below threshold"
+REJECT_MARGIN = "another class within the margin"
+REJECT_EASY = "too easy"
 REJECT_COPY = "near-duplicate of a real image"
 
 
@@ -85,38 +90,60 @@ def gate_rows(
         raise LeafgenError("the generation manifest is empty: generate.num_images is 0, nothing to gate")
     paths = [images_root / row["file"] for row in rows]
     probs = classifier_probs(classifier, load_float_images(paths), classifier_size)
-    scores = probs[:, CLASSES.index(target_class)]
+    k = CLASSES.index(target_class)
+    scores = probs[:, k]
+    leads = scores - np.delete(probs, k, axis=1).max(1)
     # An img2img image starts from a train image on purpose: only copies of other real images count.
     position = {image_id: k for k, image_id in enumerate(real.ids)}
     own_source = [position.get(row.get("source_id") or "") for row in rows]
     index, distance = nearest(perceptual_hashes(paths, "hashing synthetic images"), real.hashes, own_source)
     gated = []
-    for row, score, i, d in zip(rows, scores, index, distance):
-        copy = bool(d <= cfg.near_duplicate_distance)
-        low = bool(score < cfg.threshold)
-        reason = REJECT_COPY if copy else REJECT_SCORE if low else ""
+    for row, score, lead, i, d in zip(rows, scores, leads, index, distance):
         gated.append(
             {
                 **row,
                 "score": float(score),
+                "margin": float(lead),
                 "nearest_real": real.ids[int(i)],
                 "copy_distance": int(d),
-                "accepted": not reason,
-                "reason": reason,
             }
         )
+        reason = rejection(gated[-1], cfg)
+        gated[-1].update(accepted=not reason, reason=reason)
     return gated
+
+
+def rejection(row: dict[str, Any], cfg: GateConfig) -> str:
+    """Why a scored image is dropped ('' when kept): the first check it fails, copies first."""
+    if row["copy_distance"] <= cfg.near_duplicate_distance:
+        return REJECT_COPY
+    if row["score"] < cfg.threshold:
+        return REJECT_SCORE
+    if cfg.margin is not None and row["margin"] < cfg.margin:
+        return REJECT_MARGIN
+    if row["score"] > cfg.max_score:
+        return REJECT_EASY
+    return ""
 
 
 def check_acceptance(gated: Sequence[dict[str, Any]], cfg: GateConfig, target_class: str) -> float:
     """The acceptance rate; a gate that keeps nothing is an error saying why images were dropped."""
     kept = sum(row["accepted"] for row in gated)
     if kept == 0:
-        copies = sum(row["reason"] == REJECT_COPY for row in gated)
+        reasons = Counter(row["reason"] for row in gated)
         best = max(row["score"] for row in gated)
+        removed = "; ".join(f"{n} {why} ({_WHICH_KEY[why]})" for why, n in reasons.most_common())
         raise LeafgenError(
-            f"the quality gate kept none of {len(gated)} synthetic images: {copies} copy a real image and "
-            f"the rest score below gate.threshold={cfg.threshold} (best {target_class} probability "
-            f"{best:.3f}). Lower gate.threshold, or train DreamBooth longer so samples show the class"
+            f"the quality gate kept none of {len(gated)} synthetic images: {removed}; best {target_class} "
+            f"probability {best:.3f}. Loosen the setting that removed the most, or train DreamBooth longer "
+            "so samples show the class"
         )
     return kept / len(gated)
+
+
+_WHICH_KEY = {
+    REJECT_COPY: "gate.near_duplicate_distance",
+    REJECT_SCORE: "gate.threshold",
+    REJECT_MARGIN: "gate.margin",
+    REJECT_EASY: "gate.max_score",
+}

@@ -32,7 +32,7 @@ from leafgen.diffusion.generation.manifest import MANIFEST_KEYS, image_file, wri
 from leafgen.diffusion.generation.prompt_table import Row, columns_from_rows, rows_from_columns
 
 # Rows that may share one pipeline call.
-_GROUP_KEYS = ("mode", "steps", "guidance", "strength", "height", "width")
+GROUP_KEYS = ("mode", "steps", "guidance", "strength", "height", "width")
 
 
 def load_source(path: str, height: int, width: int) -> Image.Image:
@@ -77,7 +77,7 @@ class ImageGenerator:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = rows_from_columns(batch)
         done: list[Row] = []
-        group_of = lambda row: tuple(row[k] for k in _GROUP_KEYS)  # noqa: E731
+        group_of = lambda row: tuple(row[k] for k in GROUP_KEYS)  # noqa: E731
         for _, group in itertools.groupby(sorted(rows, key=group_of), key=group_of):
             done += self.render(list(group))
         self.record(done)

@@ -51,8 +51,12 @@ class TableSpec:
     height: int
     width: int
     mode: str = "txt2img"
-    strength: float = 1.0
+    strength: float | Sequence[float] | dict[str, Sequence[float]] = 1.0
+    """One img2img strength, a list drawn from per row, or {"uniform": (lo, hi)} (``generate.strength``)."""
     prefix: str = "syn"
+    source_weights: Sequence[float] | None = None
+    """img2img: how many rows each source gets, relative to the others (``generate.allocation``); None:
+    the same number for every source."""
 
 
 def row_seed(base_seed: int, index: int) -> int:
@@ -60,19 +64,51 @@ def row_seed(base_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([base_seed, index]).generate_state(1)[0] >> 1)
 
 
+def draw_strength(
+    strength: float | Sequence[float] | dict[str, Sequence[float]], seed: int, steps: int
+) -> float:
+    """The img2img strength of the row with ``seed``: the one value, one of a list, or uniform in a range
+    (drawn from the row's own seed, so it never depends on other rows). A drawn value is recorded as what
+    img2img applies, a whole number of the ``steps`` (diffusers re-runs int(steps x strength) of them)."""
+    if isinstance(strength, (int, float)):
+        return float(strength)
+    rng = np.random.default_rng([seed, 1])  # a stream of its own: the prompt is drawn from [seed]
+    if isinstance(strength, dict):
+        lo, hi = strength["uniform"]
+        drawn = rng.uniform(lo, hi)
+    else:
+        drawn = strength[int(rng.integers(len(strength)))]
+    return max(1, int(drawn * steps + 1e-9)) / steps
+
+
+def source_order(n_sources: int, num_images: int, seed: int, weights: Sequence[float] | None) -> list[int]:
+    """Which source each img2img row starts from. Even: the sources cycled in an order shuffled by the seed,
+    so every one is used before any is used twice. Weighted: each source gets its share of the rows
+    (largest remainder), the rows shuffled by the seed."""
+    order = np.random.default_rng(seed).permutation(n_sources)
+    if weights is None:
+        return [int(order[i % n_sources]) for i in range(num_images)]
+    w = np.asarray(weights, dtype=float)
+    exact = w / w.sum() * num_images
+    counts = np.floor(exact).astype(int)
+    counts[np.argsort(-(exact - counts), kind="stable")[: num_images - counts.sum()]] += 1
+    rows = np.repeat(np.arange(n_sources), counts)
+    return [int(i) for i in np.random.default_rng([seed, 2]).permutation(rows)]
+
+
 def prompt_table(spec: TableSpec, sources: Sequence[tuple[str, Path]] = ()) -> list[Row]:
-    """Rows ``<prefix>-000000`` ... for ``spec``; img2img rows cycle through ``sources`` (id, path) in an
-    order shuffled by the base seed, so every real image is used before any is used twice."""
+    """Rows ``<prefix>-000000`` ... for ``spec``; img2img rows start from ``sources`` (id, path) as
+    :func:`source_order` spreads them."""
     if spec.mode == "img2img" and not sources:
         raise LeafgenError(
             "generate.mode is img2img but there are no source images: the train split holds no image of "
             "the target class"
         )
-    order = np.random.default_rng(spec.seed).permutation(len(sources)) if sources else []
+    order = source_order(len(sources), spec.num_images, spec.seed, spec.source_weights) if sources else []
     rows = []
     for i in range(spec.num_images):
         seed = row_seed(spec.seed, i)
-        source_id, source_path = sources[order[i % len(sources)]] if spec.mode == "img2img" else ("", "")
+        source_id, source_path = sources[order[i]] if spec.mode == "img2img" else ("", "")
         rows.append(
             {
                 "id": f"{spec.prefix}-{i:06d}",
@@ -82,7 +118,7 @@ def prompt_table(spec: TableSpec, sources: Sequence[tuple[str, Path]] = ()) -> l
                 "steps": spec.steps,
                 "guidance": float(spec.guidance),
                 "mode": spec.mode,
-                "strength": float(spec.strength) if spec.mode == "img2img" else 1.0,
+                "strength": draw_strength(spec.strength, seed, spec.steps) if spec.mode == "img2img" else 1.0,
                 "source_id": source_id,
                 "source_path": str(source_path),
                 "height": spec.height,
@@ -123,12 +159,14 @@ def read_prompt_table(path: Path, spec: TableSpec, sources: Sequence[tuple[str, 
             "steps": int(given.get("steps") or spec.steps),
             "guidance": float(given["guidance"] if given.get("guidance") is not None else spec.guidance),
             "mode": given.get("mode") or spec.mode,
-            "strength": float(given.get("strength") or spec.strength),
+            "strength": float(given.get("strength") or 0.0),
             "source_id": given.get("source_id") or "",
             "source_path": "",
             "height": spec.height,
             "width": spec.width,
         }
+        if not row["strength"]:  # not given: drawn from the section's setting by the row's own seed
+            row["strength"] = draw_strength(spec.strength, row["seed"], row["steps"])
         if row["mode"] not in ("txt2img", "img2img"):
             problems.append(f"{where}: mode must be txt2img or img2img, got {row['mode']!r}")
         elif row["mode"] == "img2img":

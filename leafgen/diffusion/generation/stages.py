@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from torchvision.utils import save_image
 
 from leafgen import atomic
+from leafgen.classifier.stage import CACHE_DIR
 from leafgen.classifier.training import input_size, load_classifier
 from leafgen.config import PipelineConfig
 from leafgen.data.images import image_path
@@ -27,6 +28,7 @@ from leafgen.data.split import read_split
 from leafgen.data.stages import dataset_root
 from leafgen.diffusion.components import absolute_if_local
 from leafgen.diffusion.finetune.adapters import EngineSettings, adapter_kind
+from leafgen.diffusion.generation.allocation import allocation_table, error_weights, load_pixels
 from leafgen.diffusion.generation.gate import (
     RealImages,
     check_acceptance,
@@ -41,6 +43,7 @@ from leafgen.labels import CLASSES
 from leafgen.stages import Stage, StageContext
 
 GRID_IMAGES = 32
+ALLOCATION_FILE = "allocation.json"
 
 
 def engine_settings(cfg: PipelineConfig, adapter: str | None = None) -> EngineSettings:
@@ -112,15 +115,54 @@ def _check_finetuned(cfg: PipelineConfig) -> None:
     _check_generate(cfg)
 
 
+def _error_allocation(cfg: PipelineConfig, ctx: StageContext, sources: list[tuple[str, Path]]) -> dict:
+    """``allocation: errors``: the gating classifier's errors near each source, on the validation split
+    (the only split read here)."""
+    root = dataset_root(cfg, ctx.inputs["dataset"], ctx.run.root) / "images"
+    target = CLASSES.index(cfg.data.target_class)
+    val = [i for i, y in read_split(ctx.run.root / ctx.inputs["split"]["split_csv"])["val"] if y == target]
+    if not val:
+        raise ConfigError(
+            f"generate.allocation: 'errors' needs {cfg.data.target_class} images in the validation split, "
+            "and it holds none: use allocation even, or a larger data.split validation share"
+        )
+    model, _ = load_classifier(ctx.run.root / ctx.inputs["classifier"]["model_dir"])
+    size = input_size(cfg.classifier)
+    cache, limit = ctx.run.root / CACHE_DIR, cfg.data.max_image_pixels
+    return error_weights(
+        model,
+        size,
+        load_pixels([p for _, p in sources], size, cache, limit),
+        load_pixels([image_path(root, i) for i in val], size, cache, limit),
+        target,
+        cfg.generate.allocation_floor,
+    )
+
+
 def _generate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     g = cfg.generate
     adapter = g.adapter
     if "dreambooth" in ctx.inputs:
         adapter = str(ctx.run.root / ctx.inputs["dreambooth"]["model_dir"])
+    sources = train_sources(cfg, ctx) if g.mode == "img2img" or g.prompt_table else []
+    info = _error_allocation(cfg, ctx, sources) if g.allocation == "errors" and not g.prompt_table else None
+    spec = table_spec(cfg, source_weights=info["weights"] if info else None)
     if g.prompt_table:
-        rows = read_prompt_table(Path(g.prompt_table).expanduser(), table_spec(cfg), train_sources(cfg, ctx))
+        rows = read_prompt_table(Path(g.prompt_table).expanduser(), spec, sources)
     else:
-        rows = prompt_table(table_spec(cfg), train_sources(cfg, ctx) if g.mode == "img2img" else [])
+        rows = prompt_table(spec, sources)
+    if g.mode == "img2img" and not g.prompt_table:
+        allocation = {
+            "allocation": g.allocation,
+            "floor": g.allocation_floor if info else None,
+            "sources": allocation_table([i for i, _ in sources], rows, info),
+            **(
+                {"val": {k: info[k] for k in ("val_target_probability", "val_nearest_source")}}
+                if info
+                else {}
+            ),
+        }
+        atomic.write_json(ctx.dir / ALLOCATION_FILE, allocation)
     table = render_into_stage(cfg, ctx, rows, engine_settings(cfg, adapter))
     seconds = sum(table.column("seconds").to_pylist())
     return {"manifest": f"{ctx.dir.name}/{MANIFEST_FILE}", "images": table.num_rows, "model_seconds": seconds}
@@ -152,16 +194,29 @@ def _gate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     rate = check_acceptance(gated, cfg.gate, cfg.data.target_class)
     with atomic.atomic_path(ctx.dir / MANIFEST_FILE) as tmp:
         pq.write_table(pa.Table.from_pylist(gated), tmp)
+    by_strength = sorted(gated, key=lambda r: r["strength"])  # grids read from gentle edits to bold ones
     for name, keep in (("accepted", True), ("rejected", False)):
         save_grid(
-            [generated.parent / r["file"] for r in gated if r["accepted"] == keep], ctx.dir / f"{name}.png"
+            [generated.parent / r["file"] for r in by_strength if r["accepted"] == keep],
+            ctx.dir / f"{name}.png",
         )
+    strengths = sorted({r["strength"] for r in gated})
     summary = {
         "images": len(gated),
         "accepted": sum(r["accepted"] for r in gated),
         "acceptance_rate": rate,
         "rejected_by_reason": dict(Counter(r["reason"] for r in gated if r["reason"])),
+        "by_strength": [
+            {
+                "strength": s,
+                "images": sum(r["strength"] == s for r in gated),
+                "accepted": sum(r["accepted"] for r in gated if r["strength"] == s),
+            }
+            for s in strengths
+        ],
         "threshold": cfg.gate.threshold,
+        "margin": cfg.gate.margin,
+        "max_score": cfg.gate.max_score,
         "near_duplicate_distance": cfg.gate.near_duplicate_distance,
     }
     atomic.write_json(ctx.dir / "summary.json", summary)
@@ -178,6 +233,8 @@ _IMAGE_KEYS = tuple(
         "negative_prompt",
         "mode",
         "strength",
+        "allocation",
+        "allocation_floor",
         "num_inference_steps",
         "guidance_scale",
         "scheduler",
@@ -202,7 +259,8 @@ GENERATE = Stage(
     summary=lambda o: f"{o['images']} images",
     fn=_generate,
     config_keys=("base_model", *_IMAGE_KEYS, "data.target_class"),
-    inputs=("dataset", "split"),
+    # The gating classifier decides where rows go under allocation 'errors'.
+    inputs=("dataset", "split", "classifier"),
     fingerprint_inputs=_prompt_file_checksum,
     check=_check_generate,
 )

@@ -178,8 +178,9 @@ def test_full_fine_tune_is_a_pipeline_folder(tiny_model_dir, image_sets, tmp_pat
     before = t.models.unet.conv_in.weight.detach().clone()
     t.train(2)
     assert not torch.equal(before, t.models.unet.conv_in.weight)
-    grid = validation_grid(t.models, ("leaf", f"{IDENTIFIER} leaf"), 3, (16, 24), steps=2)
-    assert grid.shape == (3, 2 * 16 + 3, 3 * 24 + 4)
+    grid = validation_grid(t.models, ("leaf", f"{IDENTIFIER} leaf"), 3, (16, 24), step=2, steps=2)
+    # Rows scaled up to be read beside their prompt; a title line above them.
+    assert grid.width > 3 * 24 * 4 and grid.height > 2 * 16 * 4
     out = save_dreambooth(t.models, cfg, str(tiny_model_dir), tmp_path / "full")
     pipe = StableDiffusionPipeline.from_pretrained(out)
     assert len(pipe.tokenizer(f"{IDENTIFIER} leaf", add_special_tokens=False).input_ids) == 2

@@ -12,6 +12,8 @@ from torch import nn
 from leafgen.config import GateConfig
 from leafgen.diffusion.generation.gate import (
     REJECT_COPY,
+    REJECT_EASY,
+    REJECT_MARGIN,
     REJECT_SCORE,
     RealImages,
     check_acceptance,
@@ -49,12 +51,15 @@ def crafted(tiny_dataset, tmp_path):
     texture = rng.integers(0, 60, (16, 24, 3), dtype=np.uint8)
     reddish = Image.fromarray(np.clip(texture + [190, 60, 30], 0, 255).astype(np.uint8))
     greenish = Image.fromarray(np.clip(texture + [40, 170, 40], 0, 255).astype(np.uint8))
+    # Red and green alike: the target and healthy are close (a rust-only edit is this for the real gate).
+    yellowish = Image.fromarray(np.clip(texture + [150, 150, 30], 0, 255).astype(np.uint8))
     copied = Image.open(real_paths[3]).convert("RGB")
     files = {
         "shows-class": save(reddish, tmp_path / "a.png"),
         "off-class": save(greenish, tmp_path / "b.png"),
         "copy": save(copied, tmp_path / "c.png"),
         "brightened-copy": save(ImageEnhance.Brightness(copied).enhance(1.15), tmp_path / "d.png"),
+        "both": save(yellowish, tmp_path / "e.png"),
     }
     rows = [{"id": k, "file": f} for k, f in files.items()]
     return rows, real, real_paths
@@ -74,7 +79,7 @@ def test_gate_keeps_the_class_and_drops_low_scores_and_copies(crafted, tmp_path)
         assert gated[copy]["reason"] == REJECT_COPY, gated[copy]
         assert gated[copy]["nearest_real"] == real_paths[3].stem
     assert gated["copy"]["copy_distance"] <= 2
-    assert check_acceptance(list(gated.values()), GateConfig(), TARGET) == 0.25
+    assert check_acceptance(list(gated.values()), GateConfig(), TARGET) == 0.2
 
 
 def test_threshold_and_duplicate_distance_are_what_decide(crafted, tmp_path):
@@ -84,12 +89,54 @@ def test_threshold_and_duplicate_distance_are_what_decide(crafted, tmp_path):
     assert [r["id"] for r in gated if not r["accepted"]] == ["copy"]  # only an exact-hash copy remains out
 
 
-def test_a_gate_that_keeps_nothing_says_why(crafted, tmp_path):
+def test_the_margin_drops_images_another_class_comes_close_to(crafted, tmp_path):
+    rows, real, _ = crafted
+    gate = lambda cfg: {  # noqa: E731
+        r["id"]: r for r in gate_rows(rows, tmp_path, colour_classifier(), (32, 48), real, TARGET, cfg)
+    }
+    loose = gate(GateConfig(threshold=0.2))
+    assert loose["both"]["accepted"] and loose["both"]["margin"] < 0.3  # kept on its score alone
+    strict = gate(GateConfig(threshold=0.2, margin=0.3))
+    assert strict["both"]["reason"] == REJECT_MARGIN and strict["shows-class"]["accepted"]
+    assert strict["shows-class"]["margin"] >= 0.3
+
+
+def test_max_score_drops_exactly_the_images_above_it_as_too_easy(crafted, tmp_path):
+    rows, real, _ = crafted
+    scored = gate_rows(rows, tmp_path, colour_classifier(), (32, 48), real, TARGET, GateConfig(threshold=0.0))
+    cut = float(np.median([r["score"] for r in scored]))
+    capped = gate_rows(
+        rows, tmp_path, colour_classifier(), (32, 48), real, TARGET, GateConfig(threshold=0.0, max_score=cut)
+    )
+    for before, after in zip(scored, capped):
+        too_easy = before["accepted"] and before["score"] > cut
+        assert (after["reason"] == REJECT_EASY) == too_easy, after
+        assert after["accepted"] == (before["accepted"] and not too_easy)
+
+
+def test_a_gate_that_keeps_nothing_says_which_side_removed_what(crafted, tmp_path):
     rows, real, _ = crafted
     cfg = GateConfig(threshold=1.0)
     gated = gate_rows(rows, tmp_path, colour_classifier(), (32, 48), real, TARGET, cfg)
-    with pytest.raises(LeafgenError, match=r"kept none of 4 synthetic images: 2 copy a real image"):
+    with pytest.raises(
+        LeafgenError, match=r"kept none of 5 synthetic images: 3 score below threshold \(gate"
+    ):
         check_acceptance(gated, cfg, TARGET)
+    cfg = GateConfig(threshold=0.0, max_score=0.0)
+    gated = gate_rows(rows, tmp_path, colour_classifier(), (32, 48), real, TARGET, cfg)
+    with pytest.raises(LeafgenError, match=r"3 too easy \(gate\.max_score\); 2 near-duplicate"):
+        check_acceptance(gated, cfg, TARGET)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"margin": 1.0}, r"margin: must be in \[0, 1\)"), ({"threshold": 0.5, "max_score": 0.4}, "max_score")],
+)
+def test_bad_margin_and_max_score_are_refused(kwargs, message):
+    from leafgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        GateConfig(**kwargs)
 
 
 def test_an_img2img_image_may_resemble_its_own_source_but_no_other_real_image(crafted, tmp_path):

@@ -48,6 +48,38 @@ def test_img2img_uses_every_source_before_repeating_one():
     assert all(row["strength"] == 0.3 for row in rows)
 
 
+SOURCES = [(f"Train_{i}", Path(f"/data/Train_{i}.jpg")) for i in range(4)]
+
+
+def test_a_strength_list_is_drawn_per_row_from_the_rows_seed():
+    spec = replace(SPEC, mode="img2img", strength=(0.25, 0.5, 0.75, 1.0), num_images=2000, steps=20)
+    rows = prompt_table(spec, SOURCES)
+    counts = Counter(row["strength"] for row in rows)
+    assert set(counts) == {0.25, 0.5, 0.75, 1.0}
+    assert all(abs(n / len(rows) - 0.25) < 0.04 for n in counts.values()), counts
+    # A row's strength depends on its seed alone: fewer images keep the first rows, strength included.
+    assert prompt_table(replace(spec, num_images=50), SOURCES) == rows[:50]
+
+
+def test_a_strength_range_is_drawn_uniformly_and_recorded_as_the_steps_img2img_runs():
+    spec = replace(SPEC, mode="img2img", strength={"uniform": (0.3, 0.9)}, num_images=2000, steps=20)
+    drawn = [row["strength"] for row in prompt_table(spec, SOURCES)]
+    assert min(drawn) >= 0.3 and max(drawn) <= 0.9
+    assert all(abs(s * 20 - round(s * 20)) < 1e-9 for s in drawn)  # whole steps of 20
+    # Uniform over the range: each whole step between the ends is drawn about equally often.
+    inner = Counter(s for s in drawn if 0.3 < s < 0.85)
+    assert len(inner) == 10 and max(inner.values()) / min(inner.values()) < 1.4, inner
+
+
+def test_error_weights_give_sources_their_share_of_rows():
+    weights = [0.1, 0.2, 0.3, 0.4]
+    rows = prompt_table(replace(SPEC, mode="img2img", num_images=100, source_weights=weights), SOURCES)
+    counts = Counter(row["source_id"] for row in rows)
+    assert [counts[f"Train_{i}"] for i in range(4)] == [10, 20, 30, 40]
+    rows = prompt_table(replace(SPEC, mode="img2img", num_images=7, source_weights=weights), SOURCES)
+    assert sum(Counter(row["source_id"] for row in rows).values()) == 7  # largest remainder: exact total
+
+
 def test_img2img_without_sources_is_a_clear_error():
     with pytest.raises(LeafgenError, match="no source images"):
         prompt_table(replace(SPEC, mode="img2img"))
