@@ -71,25 +71,30 @@ def library_vs_plain(images: np.ndarray, labels: np.ndarray, cfg, repeats: int) 
     plain_opt = torch.optim.AdamW(
         plain_model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
-    criterion = torch.nn.CrossEntropyLoss()
 
-    def plain_epoch() -> None:
-        plain_model.train()
-        for x, y in loader:
-            loss = criterion(plain_model(x), y)
-            plain_opt.zero_grad()
-            loss.backward()
-            plain_opt.step()
+    def plain() -> None:
+        plain_epoch(plain_model, loader, plain_opt)
 
     def lib_epoch() -> None:
         train_epoch(model, loader, loss_fn, opt, sched, device)
 
-    lib_epoch(), plain_epoch()  # warm-up: allocator, thread pools
-    lib, plain = [], []
+    lib_epoch(), plain()  # warm-up: allocator, thread pools
+    lib, plain_s = [], []
     for _ in range(repeats):
         lib.append(_timed(lib_epoch))
-        plain.append(_timed(plain_epoch))
-    return len(labels) / statistics.median(lib), len(labels) / statistics.median(plain)
+        plain_s.append(_timed(plain))
+    return len(labels) / statistics.median(lib), len(labels) / statistics.median(plain_s)
+
+
+def plain_epoch(model: torch.nn.Module, loader: DataLoader, opt: torch.optim.Optimizer) -> None:
+    """One epoch as a plain torch loop writes it: cross-entropy, backward, step."""
+    model.train()
+    criterion = torch.nn.CrossEntropyLoss()
+    for x, y in loader:
+        loss = criterion(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
 
 def plain_training(arrays: dict[str, Path], cfg) -> None:
@@ -105,14 +110,8 @@ def plain_training(arrays: dict[str, Path], cfg) -> None:
     )
     val = DataLoader(ArrayDataset(val_x, val_y, eval_transform()), batch_size=2 * cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    criterion = torch.nn.CrossEntropyLoss()
     for _ in range(cfg.epochs):
-        model.train()
-        for x, y in loader:
-            loss = criterion(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        plain_epoch(model, loader, opt)
         predict_probs(model, val, torch.device("cpu"))
 
 

@@ -144,15 +144,15 @@ def train_runs(
     persist: Callable[[Path], None] = lambda path: None,
 ) -> None:
     """Train every unfinished spec in order (see the module docstring). ``resume_from``: the group's latest
-    checkpoint; ``localize``/``persist`` map run paths onto this node and push what rank 0 writes (both
-    no-ops on a shared disk)."""
+    checkpoint; ``localize`` maps a run path onto this node (pulling it when the run lives on object
+    storage) and ``persist`` pushes what rank 0 writes (both no-ops on a shared disk)."""
     worker = worker or WorkerContext()
     resumed = json.loads((resume_from / RUN_FILE).read_text())["run_id"] if resume_from else None
     for spec in specs:
-        if spec.done():
+        out = localize(spec.out)  # this node's copy of the run's folder (pulled when the run is remote)
+        if (out / DONE_FILE).is_file():
             continue
         cfg = spec.config
-        out = Path(spec.out)
         keeper = BestKeeper(out / BEST_DIR, cfg.checkpoint_metric, persist) if worker.rank == 0 else None
 
         def tagged(metrics: dict[str, Any], checkpoint: Path | None, spec: RunSpec = spec, keeper=keeper):

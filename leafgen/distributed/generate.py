@@ -26,6 +26,7 @@ from leafgen.diffusion.finetune.adapters import EngineSettings
 from leafgen.diffusion.generation.generator import GROUP_KEYS, ImageGenerator
 from leafgen.diffusion.generation.manifest import finalize, finished_ids, image_file
 from leafgen.diffusion.generation.prompt_table import Row
+from leafgen.distributed.quiet import ray_noise_filtered
 from leafgen.distributed.runtime import job_resources
 from leafgen.errors import LeafgenError
 from leafgen.run_storage import RunStorage
@@ -112,9 +113,12 @@ def generate_on_ray(
             compute=ActorPoolStrategy(size=actors),
             **per_actor,
         )
-        with tqdm(
-            total=len(rows), initial=len(done), desc="generating", unit="img", disable=not progress
-        ) as bar:
+        with (
+            ray_noise_filtered(),
+            tqdm(
+                total=len(rows), initial=len(done), desc="generating", unit="img", disable=not progress
+            ) as bar,
+        ):
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(len(batch["id"]))
         if remote:

@@ -23,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from leafgen.classifier.export import LOG_DIR
 from leafgen.classifier.runs import RunSpec, train_runs
 from leafgen.config import PipelineConfig, fingerprint
+from leafgen.distributed.quiet import ray_noise_filtered
 from leafgen.distributed.torch_trainer import (
     RankZeroLog,
     build_trainer,
@@ -110,4 +111,7 @@ def train_runs_on_ray(
         [EpochMetrics(pending), *callbacks],
         run,
     )
-    trainer.fit()
+    with ray_noise_filtered():
+        trainer.fit()
+    for spec in pending:
+        run.pull(Path(spec.out))  # what workers on other nodes wrote: the best epochs, the done markers

@@ -21,6 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from leafgen.config import PipelineConfig
 from leafgen.diffusion.finetune.train import fit_dreambooth
+from leafgen.distributed.quiet import ray_noise_filtered
 from leafgen.distributed.torch_trainer import (
     RankZeroLog,
     build_trainer,
@@ -107,6 +108,7 @@ def train_dreambooth_on_ray(
         [StepMetrics(storage, db.max_train_steps, run)],
         run,
     )
-    result = trainer.fit()
+    with ray_noise_filtered():
+        result = trainer.fit()
     run.pull(validation_dir)
     return result

@@ -26,6 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from leafgen import atomic
 from leafgen.config import PipelineConfig, from_dict, to_dict
+from leafgen.distributed.quiet import ray_noise_filtered
 from leafgen.distributed.runtime import ensure_ray
 from leafgen.distributed.trial_context import trial_running
 from leafgen.errors import ConfigError
@@ -191,6 +192,8 @@ def run_tuner(cfg: PipelineConfig, params: list[Param], root: Path, storage: str
                 failure_config=tune.FailureConfig(max_failures=cfg.classifier.max_failures),
             ),
         )
+    with ray_noise_filtered():
+        results = list(tuner.fit())
     return [
         TrialRow(
             trial_id=(r.metrics or {}).get("trial_id") or Path(r.path).name,
@@ -198,5 +201,5 @@ def run_tuner(cfg: PipelineConfig, params: list[Param], root: Path, storage: str
             values={p.key: r.config.get(p.key) for p in params},
             metrics=dict(r.metrics or {}),
         )
-        for r in tuner.fit()
+        for r in results
     ]

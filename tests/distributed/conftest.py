@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,6 +68,13 @@ def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny"
     build_pipeline(tiny_architecture(), seed=0).save_pretrained(path, safe_serialization=True)
     return path
+
+
+def copy_run(src, dst, parts=("dataset", "split", "classifier", "config.yaml")):
+    """A copy of some stage folders (and files) of run ``src`` as a new run directory ``dst``."""
+    for part in parts:
+        (shutil.copytree if (src / part).is_dir() else shutil.copy2)(src / part, dst / part)
+    return dst
 
 
 def kill_once(command: str, args: list[str], ready: Callable[[], bool], what: str) -> dict[str, str]:

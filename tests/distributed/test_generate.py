@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from leafgen.diffusion.generation.prompt_table import TableSpec, prompt_table
 from leafgen.distributed.generate import actor_plan, generate_on_ray
 
 from ..diffusion.conftest import IDENTIFIER, plain_diffusers_images, read_pixels
-from .conftest import TINY_RUN, alive_actors
+from .conftest import TINY_RUN, alive_actors, copy_run
 
 SPEC = TableSpec(
     num_images=12,
@@ -145,9 +146,7 @@ def test_killed_driver_then_same_command_generates_only_the_missing_ids(generati
     import ray
 
     src, args = generation_run
-    run_dir = tmp_path / "run"
-    for stage in ("dataset", "split", "classifier", "config.yaml"):
-        (shutil.copytree if (src / stage).is_dir() else shutil.copy2)(src / stage, run_dir / stage)
+    run_dir = copy_run(src, tmp_path / "run")
     args = [a for a in args if not a.startswith(("run_dir=", "generate.num_images", "generate.num_inf"))]
     cmd = [sys.executable, "-m", "leafgen.cli", "generate", *args, f"run_dir={run_dir}"]
     cmd += ["generate.num_images=24", "generate.num_inference_steps=12", "generate.batch_size=2"]
@@ -177,9 +176,7 @@ def test_generate_renders_a_user_prompt_table(generation_run, tmp_path):
     import pyarrow as pa
 
     src, args = generation_run
-    run_dir = tmp_path / "run"
-    for stage in ("dataset", "split", "classifier", "config.yaml"):
-        (shutil.copytree if (src / stage).is_dir() else shutil.copy2)(src / stage, run_dir / stage)
+    run_dir = copy_run(src, tmp_path / "run")
     table = tmp_path / "prompts.parquet"
     rows = [{"id": f"mine-{k}", "prompt": p, "seed": k} for k, p in enumerate(["a leaf", "leaf with rust"])]
     pq.write_table(pa.Table.from_pylist(rows), table)
@@ -199,9 +196,7 @@ def test_error_allocation_reads_validation_never_test_and_is_recorded(generation
     from leafgen.stages import RunDir
 
     src, args = generation_run
-    run_dir = tmp_path / "run"
-    for stage in ("dataset", "split", "classifier", "config.yaml"):
-        (shutil.copytree if (src / stage).is_dir() else shutil.copy2)(src / stage, run_dir / stage)
+    run_dir = copy_run(src, tmp_path / "run")
     images = dataset_root(None, RunDir(run_dir).marker("dataset")["outputs"], run_dir) / "images"
     for image_id, _ in read_split(run_dir / "split" / "split.csv")["test"]:
         (images / f"{image_id}.jpg").write_bytes(b"not an image")  # reading one would fail the stage
@@ -226,3 +221,42 @@ def test_error_allocation_reads_validation_never_test_and_is_recorded(generation
     assert most["error"] > 0 and most["rows"] == max(s["rows"] for s in sources)
     manifest = pq.read_table(run_dir / "generate" / "manifest.parquet").to_pylist()
     assert {r["strength"] for r in manifest} <= {0.5, 1.0}
+
+
+ERROR_LINE = re.compile(
+    r"\[\d{4}-\d\d-\d\d [\d:,.]+ E \d+ \d+\]|\bERROR\b|Traceback \(most recent call last\)"
+)
+
+
+def test_a_normal_generate_run_prints_no_error_level_line(generation_run, tmp_path):
+    import ray
+
+    src, args = generation_run
+    run_dir = copy_run(src, tmp_path / "run")
+    args = [a for a in args if not a.startswith(("run_dir=", "generate.num_images"))]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    cmd = [
+        sys.executable,
+        "-m",
+        "leafgen.cli",
+        "generate",
+        *args,
+        f"run_dir={run_dir}",
+        "generate.num_images=4",
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "generated 4 images" in done.stdout
+    assert not [line for line in output.splitlines() if ERROR_LINE.search(line)], output[-3000:]
+
+
+def test_the_noise_filter_drops_only_the_known_line_and_keeps_the_rest_in_order(capfd):
+    from leafgen.distributed.quiet import KNOWN_NOISE, ray_noise_filtered
+
+    with ray_noise_filtered():
+        os.write(
+            2, b"kept one\n[2026-12-03 07:55:02,026 E 1 1] core_worker.cc: Actor X " + KNOWN_NOISE[0] + b".\n"
+        )
+        os.write(2, b"progress 1/2\rprogress 2/2\rkept two\n")
+    assert capfd.readouterr().err == "kept one\nprogress 1/2\rprogress 2/2\rkept two\n"

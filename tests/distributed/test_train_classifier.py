@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from leafgen.distributed.train_classifier import read_history
 from leafgen.labels import TRAIN_COLUMNS
 from leafgen.stages import RunDir, StageContext
 
-from .conftest import TINY_RUN, alive_actors
+from .conftest import TINY_RUN, alive_actors, copy_run
 
 
 def _wait_for_epochs(storage, n, timeout=300):
@@ -149,10 +148,7 @@ def test_a_killed_worker_resumes_its_group_from_the_interrupted_run(ray_cluster,
 def test_interrupted_driver_resumes_with_the_same_command(ray_cluster, data_run, tmp_path):
     import ray
 
-    run_dir = tmp_path / "run"
-    for stage in ("dataset", "split", "config.yaml"):
-        src = data_run / stage
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, run_dir / stage)
+    run_dir = copy_run(data_run, tmp_path / "run", ("dataset", "split", "config.yaml"))
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     cmd = [
         sys.executable,
