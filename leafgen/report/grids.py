@@ -64,11 +64,9 @@ def labelled_grid(rows: Sequence[GridRow], title: str = "", block_titles: Sequen
     line = FONT_SIZE + 6
     top = (line + 4 if title else 0) + (line if block_titles else 0)
     row_heights = [max(img.height for img in row) for row in drawn]
-    canvas = Image.new(
-        "RGB",
-        (label_width + sum(widths) + GAP * (len(widths) - 1) + 2, top + sum(row_heights) + 2),
-        BACKGROUND,
-    )
+    title_width = probe.textbbox((0, 0), title, font=bold)[2] + 4 if title else 0
+    width = max(label_width + sum(widths) + GAP * (len(widths) - 1) + 2, title_width)
+    canvas = Image.new("RGB", (width, top + sum(row_heights) + 2), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((2, 2), title, fill=INK, font=bold)

@@ -89,7 +89,8 @@ def validation_grid(
 ) -> Image.Image:
     """The validation grid of ``step``: one labelled row per prompt, seeds 0..per_prompt-1 in every row."""
     rows = validation_images(models, prompts, per_prompt, size, **kw)
-    title = f"step {step}: seeds 0-{per_prompt - 1} in every row, the same at every step"
+    seeds = f"seeds 0-{per_prompt - 1}" if per_prompt > 1 else "seed 0"
+    title = f"step {step}: {seeds} in every row, the same at every step"
     return labelled_grid([GridRow(p, [x]) for p, x in zip(prompts, rows)], title)
 
 
