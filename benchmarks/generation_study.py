@@ -1,6 +1,6 @@
 """Ways of making synthetic images, measured against each other on the held-out test split.
 
-A study file (``configs/generation_study.yaml``) names a pipeline config, overrides every method shares
+A study file (``benchmarks/generation_study.yaml``) names a pipeline config, overrides every method shares
 (seeds, arms) and, per method, its own overrides. Each method is a whole ``leafgen run`` in its own run
 directory; all of them go through one stage store (the mechanism ``leafgen tune`` uses), so what methods
 have in common (data, split, classifiers, judge, the real-data arms, a shared fine-tune) is computed once.
@@ -9,7 +9,7 @@ difference from each reference arm (95% interval, verdict), the other classes' r
 differences, and beside them the generated set's figures (accepted images, the judge's share of the
 class, KID against the real class, distance to the nearest real image) and the method's time.
 
-    python benchmarks/generation_study.py configs/generation_study.yaml --out docs/generation_study_table.md
+    python benchmarks/generation_study.py benchmarks/generation_study.yaml --out docs/generation_study_table.md
 """
 
 from __future__ import annotations
