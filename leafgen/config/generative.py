@@ -72,6 +72,13 @@ class DreamBoothConfig:
     """Recompute UNet activations in the backward pass: less memory, ~20-30% more time."""
     use_8bit_adam: bool = False
     """bitsandbytes' 8-bit AdamW (CUDA only; an error if bitsandbytes is missing)."""
+    fused_adam: bool = False
+    """torch's fused AdamW kernel (one launch updates every parameter; same update up to rounding). Off
+    until a GPU measurement shows it helps; ignored with use_8bit_adam."""
+    compile: bool = False
+    """torch.compile the UNet (forward and backward), with compiled kernels cached on disk between runs
+    ($TORCHINDUCTOR_CACHE_DIR, else ~/.cache/leafgen/torchinductor). Costs a compilation at the first
+    step of the first run on a machine (minutes on a CPU)."""
     snr_gamma: float | None = None
     """Min-SNR-gamma loss weighting (5.0 is the paper's value); None: plain MSE."""
     noise_offset: float = 0.0

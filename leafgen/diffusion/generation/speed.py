@@ -8,52 +8,20 @@ sum in another order (a pixel or two of difference), and the batch size never re
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline
 
-# Tests swap in "eager" (dynamo's tracing without code generation): inductor's C++ build of the tiny
-# UNet takes minutes on two CPU cores, and the GPU test compiles for real.
-COMPILE_BACKEND = "inductor"
-# batch_size auto: rows per pipeline call at most (beyond this an H200 gains nothing measurable, and a
-# kill loses more work), the share of free memory it may fill, and the CPU's size (the old default).
+from leafgen.diffusion.compilation import compile_module
+
+# batch_size auto: rows per pipeline call at most (a bound: a larger call writes its first image later
+# and a kill loses more work; the GPU lever table says whether 64 already saturates an H200), the share
+# of free memory it may fill, and the CPU's size (the old default).
 AUTO_BATCH_LIMIT = 64
 AUTO_HEADROOM = 0.85
 CPU_BATCH = 8
-
-
-def compile_cache_dir() -> Path:
-    """Where compiled kernels persist between runs: ``$TORCHINDUCTOR_CACHE_DIR`` when set, else
-    ``leafgen/torchinductor`` under the user's cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "leafgen" / "torchinductor"
-
-
-def enable_compile_cache() -> Path:
-    """Point inductor's on-disk caches (FX graphs, autograd graphs, Triton kernels) at
-    :func:`compile_cache_dir`, so a second process finds the first one's kernels instead of compiling
-    again (torch's default folder is under /tmp). Returns the folder."""
-    import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
-
-    folder = compile_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)  # read by inductor whenever it looks for a kernel
-    inductor_config.fx_graph_cache = True
-    functorch_config.enable_autograd_cache = True
-    return folder
-
-
-def compile_module(module: torch.nn.Module) -> None:
-    """Compile ``module``'s forward in place (the object, its config and its weights stay as they are)."""
-    enable_compile_cache()
-    module.compile(backend=COMPILE_BACKEND)
 
 
 def use_channels_last(setting: bool | None, device: torch.device) -> bool:

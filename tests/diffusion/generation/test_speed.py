@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from leafgen.config import load_config
+from leafgen.diffusion import compilation
 from leafgen.diffusion.finetune.adapters import EngineSettings
 from leafgen.diffusion.generation import generator as generator_module
 from leafgen.diffusion.generation import speed
@@ -129,7 +130,7 @@ def test_compiled_unet_and_decoder_match_eager_and_cache_under_the_users_folder(
 ):
     """Compiled through dynamo with a backend that generates no code (inductor's C++ build of this model
     takes minutes on two CPU cores; the gpu-marked test compiles with inductor for real)."""
-    monkeypatch.setattr(speed, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(compilation, "COMPILE_BACKEND", "aot_eager")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "restored-after-the-test")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -141,5 +142,5 @@ def test_compiled_unet_and_decoder_match_eager_and_cache_under_the_users_folder(
     for a, b in zip(eager, compiled):
         assert np.abs(a - b).max() <= 2
     folder = tmp_path / "cache" / "leafgen" / "torchinductor"
-    assert speed.compile_cache_dir() == folder and folder.is_dir()
+    assert compilation.compile_cache_dir() == folder and folder.is_dir()
     torch._dynamo.reset()  # compiled code of this test's modules is not kept for later tests
