@@ -47,8 +47,10 @@ GROUP_KEYS = ("mode", "steps", "guidance", "strength", "height", "width")
 
 
 def load_source(path: str, height: int, width: int) -> Image.Image:
-    """An img2img source image, upright RGB, resized to cover ``height x width`` and centre-cropped."""
-    img = open_rgb(Path(path), "an img2img source image")
+    """An img2img source image, upright RGB, resized to cover ``height x width`` and centre-cropped.
+    A JPEG is decoded at the smallest DCT scale still covering the target: a 2048x1365 Kaggle photo
+    for 512x512 took 22 ms instead of 69 (mean difference 0.8 of 255 after the same LANCZOS resize)."""
+    img = open_rgb(Path(path), "an img2img source image", draft=(width, height))
     return ImageOps.fit(img, (width, height), Image.Resampling.LANCZOS)
 
 
@@ -106,9 +108,11 @@ class ImageGenerator:
             group = list(group)
             size = self.call_size(group[0]) or len(group)
             for i in range(0, len(group), size):
+                chunk = group[i : i + size]
+                sources = self.sources(chunk)  # CPU work: decoded outside the lock, like the writes
                 with self._pipeline_lock:
-                    pixels, seconds = self.render(group[i : i + size])
-                done += self.write(group[i : i + size], pixels, seconds)
+                    pixels, seconds = self.render(chunk, sources)
+                done += self.write(chunk, pixels, seconds)
         return columns_from_rows(done, MANIFEST_KEYS)
 
     def call_size(self, row: Row) -> int | None:
@@ -124,10 +128,17 @@ class ImageGenerator:
         """Write a finished call's manifest part (its images are already written); returns its path."""
         return write_part(self.out_dir, done)
 
+    def sources(self, rows: Sequence[Row]) -> list[Image.Image] | None:
+        """img2img rows' source images at the rows' size; None for text-to-image rows."""
+        first = rows[0]
+        if first["mode"] != "img2img":
+            return None
+        return [load_source(row["source_path"], first["height"], first["width"]) for row in rows]
+
     @torch.inference_mode()
-    def render(self, rows: Sequence[Row]) -> tuple[np.ndarray, float]:
-        """Generate one group of rows in a single pipeline call: float pixels in [0, 1] (N, H, W, 3) on
-        the CPU, and the call's seconds per image."""
+    def render(self, rows: Sequence[Row], sources: list[Image.Image] | None) -> tuple[np.ndarray, float]:
+        """Generate one group of rows in a single pipeline call (img2img from ``sources``): float pixels
+        in [0, 1] (N, H, W, 3) on the CPU, and the call's seconds per image."""
         first = rows[0]
         generators = [torch.Generator("cpu").manual_seed(int(row["seed"])) for row in rows]
         kwargs: dict[str, Any] = dict(
@@ -142,7 +153,6 @@ class ImageGenerator:
         )
         t0 = time.perf_counter()
         if first["mode"] == "img2img":
-            sources = [load_source(row["source_path"], first["height"], first["width"]) for row in rows]
             images = self.img2img(image=sources, strength=float(first["strength"]), **kwargs).images
         else:
             height, width = int(first["height"]), int(first["width"])
