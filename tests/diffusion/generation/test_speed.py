@@ -144,3 +144,31 @@ def test_compiled_unet_and_decoder_match_eager_and_cache_under_the_users_folder(
     folder = tmp_path / "cache" / "leafgen" / "torchinductor"
     assert compilation.compile_cache_dir() == folder and folder.is_dir()
     torch._dynamo.reset()  # compiled code of this test's modules is not kept for later tests
+
+
+def test_a_kaggle_size_source_is_decoded_at_a_reduced_scale_that_still_covers(tmp_path, monkeypatch):
+    """img2img from a 2048x1365 photo: the JPEG is decoded at a DCT scale that still covers 512x512
+    (1024x683, a quarter of the pixels; the full decode cost 3x the time on the critical path) and the
+    source matches a full decode closely."""
+    from PIL import Image, ImageOps
+
+    from leafgen.diffusion.generation.generator import load_source
+
+    rng = np.random.default_rng(0)
+    smooth = rng.integers(0, 255, (43, 64, 3), dtype=np.uint8)  # photo-like: detail at many scales
+    photo = Image.fromarray(smooth).resize((2048, 1365), Image.Resampling.BICUBIC)
+    path = tmp_path / "Train_0.jpg"
+    photo.save(path, quality=92)
+    decoded = []
+    open_rgb = generator_module.open_rgb
+
+    def spy(*args, **kwargs):
+        img = open_rgb(*args, **kwargs)
+        decoded.append(img.size)
+        return img
+
+    monkeypatch.setattr(generator_module, "open_rgb", spy)
+    source = load_source(str(path), 512, 512)
+    full = ImageOps.fit(Image.open(path).convert("RGB"), (512, 512), Image.Resampling.LANCZOS)
+    assert decoded == [(1024, 683)] and source.size == (512, 512)
+    assert np.abs(np.asarray(source, np.int16) - np.asarray(full, np.int16)).mean() < 2
