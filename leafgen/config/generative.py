@@ -72,6 +72,13 @@ class DreamBoothConfig:
     """Recompute UNet activations in the backward pass: less memory, ~20-30% more time."""
     use_8bit_adam: bool = False
     """bitsandbytes' 8-bit AdamW (CUDA only; an error if bitsandbytes is missing)."""
+    fused_adam: bool = False
+    """torch's fused AdamW kernel (one launch updates every parameter; same update up to rounding). Off
+    until a GPU measurement shows it helps; ignored with use_8bit_adam."""
+    compile: bool = False
+    """torch.compile the UNet (forward and backward), with compiled kernels cached on disk between runs
+    ($TORCHINDUCTOR_CACHE_DIR, else ~/.cache/leafgen/torchinductor). Costs a compilation at the first
+    step of the first run on a machine (minutes on a CPU)."""
     snr_gamma: float | None = None
     """Min-SNR-gamma loss weighting (5.0 is the paper's value); None: plain MSE."""
     noise_offset: float = 0.0
@@ -152,8 +159,10 @@ class GenerateConfig:
     """Classifier-free guidance scale."""
     scheduler: Literal["dpmsolver++", "ddim", "euler", "euler_ancestral", "pndm", "unipc"] = "dpmsolver++"
     """Sampler, built from the base model's own noise schedule."""
-    batch_size: int = 8
-    """Prompts per pipeline call (one Ray Data batch)."""
+    batch_size: int | Literal["auto"] = 8
+    """Prompts per pipeline call (one Ray Data batch). auto: on a GPU, the largest batch that fits in 85% of
+    the actor's free GPU memory (at most 64), from a per-image footprint the actor measures with two
+    one-step calls (1 and 2 images) before its first batch; on CPU, 8."""
     seed: int = 0
     """Base seed; each image's generator seed derives from it and the image's index only."""
     prompt_table: str | None = None
@@ -170,10 +179,27 @@ class GenerateConfig:
     core, made 1.29x the images/s of one two-thread pipeline on two cores (docs/benchmarks.md)."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Weights and activations dtype; auto: float16 on CUDA, float32 on CPU."""
+    overlap_writes: bool | None = None
+    """Write a batch's PNGs, hashes and manifest part while the next batch renders: Ray Data runs two
+    calls per actor, the pipeline one at a time. A thread, not a separate CPU stage, so the pixels never
+    cross the object store and a call still returns only once its files are on disk. None: on with GPUs;
+    off on CPU, where the writing thread would take the core the pipeline runs on."""
+    channels_last: bool | None = None
+    """UNet and autoencoder weights and activations in channels_last memory format (NHWC convolution
+    kernels); None: on with CUDA, off on CPU."""
+    fuse_qkv: bool = False
+    """Fuse each attention layer's query, key and value projections into one matmul (diffusers'
+    fuse_qkv_projections) in the UNet and the autoencoder. Off until a GPU measurement shows it helps."""
+    compile: bool = False
+    """torch.compile the UNet and the autoencoder's decoder. Kernels are cached on disk
+    ($TORCHINDUCTOR_CACHE_DIR, else ~/.cache/leafgen/torchinductor), so only the first run on a machine
+    pays the compilation (about a minute on a GPU; minutes on a CPU, where it is off unless asked)."""
 
     def __post_init__(self) -> None:
-        for name in ("num_inference_steps", "batch_size", "cpu_threads", "num_actors"):
+        for name in ("num_inference_steps", "cpu_threads", "num_actors"):
             positive(name, getattr(self, name))
+        if self.batch_size != "auto":
+            positive("batch_size", self.batch_size)
         positive("num_images", self.num_images, allow_zero=True)
         positive("guidance_scale", self.guidance_scale, allow_zero=True)
         check_strength(self.strength)

@@ -10,6 +10,7 @@ of the driver is kept, and the same call again renders only what is missing.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +27,7 @@ from leafgen.diffusion.finetune.adapters import EngineSettings
 from leafgen.diffusion.generation.generator import GROUP_KEYS, ImageGenerator
 from leafgen.diffusion.generation.manifest import finalize, finished_ids, image_file
 from leafgen.diffusion.generation.prompt_table import Row
+from leafgen.diffusion.generation.speed import AUTO_BATCH_LIMIT
 from leafgen.distributed.quiet import ray_noise_filtered
 from leafgen.distributed.runtime import job_resources
 from leafgen.errors import LeafgenError
@@ -37,11 +39,19 @@ class RunImageGenerator(ImageGenerator):
     img2img sources from this node's mirror of the run, and pushes each batch's images, then its manifest
     part, as soon as they are written, so the driver (on any node) finds them and a rerun skips them."""
 
-    def __init__(self, engine: dict[str, Any], out_dir: str, run_dir: str, threads: int | None = None):
+    def __init__(
+        self,
+        engine: dict[str, Any],
+        out_dir: str,
+        run_dir: str,
+        threads: int | None = None,
+        batch_size: int | str | None = None,
+    ):
         self.run = RunStorage.open(run_dir)
         paths = {k: str(self.run.localize(engine[k])) for k in ("base_model", "adapter") if engine.get(k)}
-        super().__init__({**engine, **paths}, str(self.run.localize(out_dir)), threads)
+        super().__init__({**engine, **paths}, str(self.run.localize(out_dir)), threads, batch_size)
         self.settings = EngineSettings(**engine)  # the manifest names the driver's paths
+        self._pull_lock = threading.Lock()  # two overlapping calls may pull the same source image
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "source_path" in batch:
@@ -56,7 +66,10 @@ class RunImageGenerator(ImageGenerator):
         return part
 
     def _source(self, path: Any) -> str:
-        return str(self.run.localize(path)) if path else path
+        if not path:
+            return path
+        with self._pull_lock:
+            return str(self.run.localize(path))
 
 
 def actor_plan(resources: dict[str, float], num_actors: int | None, cpu_threads: int) -> tuple[int, dict]:
@@ -74,15 +87,19 @@ def generate_on_ray(
     rows: Sequence[Row],
     engine: EngineSettings,
     out_dir: str | Path,
-    batch_size: int,
+    batch_size: int | str,
     ray_cfg: RayConfig | None = None,
     num_actors: int | None = None,
     cpu_threads: int = 1,
     progress: bool = True,
     run: RunStorage | None = None,
+    overlap_writes: bool | None = None,
 ) -> pa.Table:
     """Generate every row not already finished in ``out_dir``; returns the manifest of all ``rows``.
-    ``run``: the run ``out_dir`` belongs to, when it is kept on object storage."""
+    ``run``: the run ``out_dir`` belongs to, when it is kept on object storage. ``batch_size``: rows per
+    pipeline call, or ``auto`` (each actor chooses; a Ray batch is then up to ``AUTO_BATCH_LIMIT`` rows).
+    ``overlap_writes``: two calls per actor, so one batch is written while the next renders; None: on
+    with GPUs."""
     out_dir = Path(out_dir).expanduser().resolve()
     remote = run is not None and run.remote
     ids = [row["id"] for row in rows]
@@ -95,8 +112,21 @@ def generate_on_ray(
     if todo:
         resources = job_resources(ray_cfg)
         actors, per_actor = actor_plan(resources, num_actors, cpu_threads)
-        batches = math.ceil(len(todo) / batch_size)
+        if isinstance(batch_size, int):
+            rows_per_batch = batch_size
+        else:  # auto: each actor splits a batch into the calls its GPU memory allows
+            rows_per_batch = min(AUTO_BATCH_LIMIT, math.ceil(len(todo) / actors))
+        batches = math.ceil(len(todo) / rows_per_batch)
         actors = min(actors, batches)
+        if overlap_writes is None:
+            overlap_writes = "num_gpus" in per_actor
+        # Two calls at once per actor, the pipeline itself one at a time (ImageGenerator's lock): one
+        # batch's PNGs and manifest part are written while the next one renders.
+        pool = (
+            ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
+            if overlap_writes
+            else ActorPoolStrategy(size=actors)
+        )
         # One tqdm bar over images instead of Ray Data's per-operator bars.
         DataContext.get_current().enable_progress_bars = False
         # One block per batch: Ray Data then hands each actor whole batches without re-bundling rows.
@@ -106,11 +136,12 @@ def generate_on_ray(
                 "engine": asdict(engine),
                 "out_dir": str(out_dir),
                 "threads": per_actor.get("num_cpus"),
+                "batch_size": batch_size,
                 **({"run_dir": run.uri} if remote else {}),
             },
-            batch_size=batch_size,
+            batch_size=rows_per_batch,
             batch_format="numpy",
-            compute=ActorPoolStrategy(size=actors),
+            compute=pool,
             **per_actor,
         )
         with (

@@ -51,7 +51,9 @@ def test_images_do_not_depend_on_actor_count_or_batch_size(ray_cluster, model_di
     rows = prompt_table(SPEC)
     engine = EngineSettings(str(model_dir))
     one = generate_on_ray(rows, engine, tmp_path / "one", batch_size=5, num_actors=1, cpu_threads=2)
-    two = generate_on_ray(rows, engine, tmp_path / "two", batch_size=2, num_actors=2, cpu_threads=1)
+    two = generate_on_ray(
+        rows, engine, tmp_path / "two", batch_size=2, num_actors=2, cpu_threads=1, overlap_writes=True
+    )
     assert one.column("id").to_pylist() == two.column("id").to_pylist() == [r["id"] for r in rows]
     for row in one.to_pylist():
         assert sha256_file(tmp_path / "one" / row["file"]) == row["sha256"]

@@ -24,6 +24,7 @@ from diffusers import (
 )
 
 from leafgen.diffusion.components import load_pipeline
+from leafgen.diffusion.generation.speed import apply_levers
 from leafgen.errors import LeafgenError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -53,6 +54,12 @@ class EngineSettings:
     """A key of ``SCHEDULERS``."""
     dtype: str = "auto"
     """auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16."""
+    channels_last: bool | None = None
+    """UNet and autoencoder in channels_last memory format; None: on with CUDA, off on CPU."""
+    fuse_qkv: bool = False
+    """Fuse each attention's query, key and value projections into one matmul."""
+    compile: bool = False
+    """torch.compile the UNet and the autoencoder's decoder (kernels cached on disk between runs)."""
 
 
 def adapter_kind(path: str | Path) -> str:
@@ -96,7 +103,5 @@ def load_generation_pipeline(settings: EngineSettings, device: torch.device) -> 
     pipe.scheduler = SCHEDULERS[settings.scheduler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
-    if device.type == "cuda":
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
+    apply_levers(pipe, settings, device)
     return pipe

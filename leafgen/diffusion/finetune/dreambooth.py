@@ -137,7 +137,7 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: DreamBoothConfig) -> torc
                 "dreambooth.use_8bit_adam needs bitsandbytes (pip install bitsandbytes, CUDA only)"
             ) from None
         return bnb.optim.AdamW8bit(groups)
-    return torch.optim.AdamW(groups)
+    return torch.optim.AdamW(groups, fused=True if cfg.fused_adam else None)
 
 
 def tokenize(tokenizer: Any, prompts: list[str]) -> torch.Tensor:

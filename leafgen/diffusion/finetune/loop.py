@@ -19,6 +19,7 @@ from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 
 from leafgen.config import DreamBoothConfig
+from leafgen.diffusion.compilation import compile_module
 from leafgen.diffusion.finetune.data import ImageSet, LatentCache
 from leafgen.diffusion.finetune.dreambooth import (
     DreamBoothModels,
@@ -57,6 +58,8 @@ class DreamBoothTrainer:
         models.unet.to(device).train()
         models.text_encoder.to(device).train(self.text_trains)
         self.groups = parameter_groups(models, cfg)
+        if cfg.compile:
+            compile_module(models.unet)  # in place: a DDP wrapper calls the compiled forward
         self.unet = wrap(models.unet)
         self.text_encoder = wrap(models.text_encoder) if self.text_trains else models.text_encoder
         self.optimizer = build_optimizer(self.groups, cfg)

@@ -50,7 +50,16 @@ def engine_settings(cfg: PipelineConfig, adapter: str | None = None) -> EngineSe
     """What each generation actor loads: the base model (plus ``adapter``) and the sampler settings."""
     g, b = cfg.generate, cfg.base_model
     adapter = absolute_if_local(adapter) if adapter else None
-    return EngineSettings(absolute_if_local(b.name_or_path), b.revision, adapter, g.scheduler, g.dtype)
+    return EngineSettings(
+        absolute_if_local(b.name_or_path),
+        b.revision,
+        adapter,
+        g.scheduler,
+        g.dtype,
+        channels_last=g.channels_last,
+        fuse_qkv=g.fuse_qkv,
+        compile=g.compile,
+    )
 
 
 def table_spec(cfg: PipelineConfig, **changes: Any) -> TableSpec:
@@ -92,7 +101,15 @@ def render_into_stage(cfg: PipelineConfig, ctx: StageContext, rows: list, engine
 
     g = cfg.generate
     table = generate_on_ray(
-        rows, engine, ctx.dir, g.batch_size, cfg.ray, g.num_actors, g.cpu_threads, run=ctx.run.storage
+        rows,
+        engine,
+        ctx.dir,
+        g.batch_size,
+        cfg.ray,
+        g.num_actors,
+        g.cpu_threads,
+        run=ctx.run.storage,
+        overlap_writes=g.overlap_writes,
     )
     save_grid([ctx.dir / f for f in table.column("file").to_pylist()], ctx.dir / "samples.png")
     return table
@@ -223,8 +240,9 @@ def _gate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     return {"manifest": f"{ctx.dir.name}/{MANIFEST_FILE}", **summary}
 
 
-# Batch size, actor count and threads change how fast images come, never which images: they stay out of
-# the key, so changing them resumes a run instead of starting it over.
+# Batch size, actor count, threads and the speed levers (overlap_writes, channels_last, fuse_qkv, compile)
+# change how fast images come, never which images: they stay out of the key, so changing them resumes a
+# run instead of starting it over.
 _IMAGE_KEYS = tuple(
     f"generate.{name}"
     for name in (
