@@ -261,3 +261,10 @@ class PipelineConfig:
                 "dreambooth.instance_prompt",
                 f"must contain the identifier token {self.dreambooth.identifier_token!r}",
             )
+        clustered = self.dreambooth.clusters != 1
+        if clustered and self.generate.mode == "img2img" and self.generate.cluster_allocation == "equal":
+            raise FieldError(
+                "generate.cluster_allocation",
+                "img2img rows take their source image's cluster, so they follow the clusters' sizes: use "
+                "size, or generate.mode txt2img",
+            )

@@ -24,6 +24,7 @@ from leafgen import atomic
 from leafgen.classifier.training import input_size, load_classifier
 from leafgen.config import PipelineConfig
 from leafgen.diffusion.finetune.adapters import EngineSettings, load_generation_pipeline
+from leafgen.diffusion.finetune.clusters import instance_prompts
 from leafgen.diffusion.probes.evaluate import classifier_features, classifier_probs, generate, prompt_slug
 from leafgen.errors import StageError
 from leafgen.labels import CLASSES
@@ -58,9 +59,11 @@ class DriftSettings:
     """Images per pipeline call."""
 
 
-def probe_prompts(instance_prompt: str, extra: Sequence[str] = ()) -> list[str]:
-    """The instance prompt first (the fine-tune's intended effect), then the drift prompts, deduplicated."""
-    return list(dict.fromkeys([instance_prompt, *DRIFT_PROMPTS, *extra]))
+def probe_prompts(instance_prompt: str | Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """The instance prompt first (the fine-tune's intended effect; one per cluster token of a clustered
+    fine-tune), then the drift prompts, deduplicated."""
+    instance = [instance_prompt] if isinstance(instance_prompt, str) else list(instance_prompt)
+    return list(dict.fromkeys([*instance, *DRIFT_PROMPTS, *extra]))
 
 
 def probe_drift(
@@ -127,7 +130,9 @@ def probe_run(
         load_generation_pipeline(EngineSettings(before, revision, adapter=after), device),
     ]
     size = (cfg.base_model.resolution, cfg.base_model.width or cfg.base_model.resolution)
-    prompts = probe_prompts(cfg.dreambooth.instance_prompt, cfg.dreambooth.drift_prompts)
+    db = cfg.dreambooth
+    instance = instance_prompts(db.instance_prompt, db.identifier_token, after)  # one per cluster token
+    prompts = probe_prompts(instance, db.drift_prompts)
     result = probe_drift(
         *pipes, judge, input_size(cfg.classifier), prompts, cfg.data.target_class, size, out, settings
     )
