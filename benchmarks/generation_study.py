@@ -9,7 +9,7 @@ difference from each reference arm (95% interval, verdict), the other classes' r
 differences, and beside them the generated set's figures (accepted images, the judge's share of the
 class, KID against the real class, distance to the nearest real image) and the method's time.
 
-    python benchmarks/generation_study.py benchmarks/generation_study.yaml --out docs/generation_study_table.md
+    python benchmarks/generation_study.py benchmarks/generation_study.yaml --out docs/generation_study.md
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from leafgen.classifier.stage import CLASSIFIER, JUDGE
 from leafgen.config import PipelineConfig
 from leafgen.data.stages import DATASET, SPLIT
-from leafgen.diffusion.finetune.stages import CLASS_IMAGES, DREAMBOOTH
+from leafgen.diffusion.finetune.stages import CLASS_IMAGES, DREAMBOOTH, DREAMBOOTH_AFTER_CLASSIFIER
 from leafgen.diffusion.generation.stages import GATE, GENERATE, GENERATE_FINETUNED
 from leafgen.diffusion.probes.drift import DRIFT
 from leafgen.diffusion.probes.generated_set import MEASURE
@@ -28,7 +28,7 @@ STAGES: tuple[Stage, ...] = (
     CLASSIFIER,
     JUDGE,
     CLASS_IMAGES,
-    DREAMBOOTH,
+    DREAMBOOTH_AFTER_CLASSIFIER,
     DRIFT,
     GENERATE_FINETUNED,
     GATE,

@@ -36,6 +36,10 @@ class Stage:
     """Dotted config keys whose values the outputs depend on."""
     inputs: tuple[str, ...] = ()
     """Upstream stages that must be complete first."""
+    inputs_when: Callable[[PipelineConfig], tuple[str, ...]] | None = None
+    """Upstream stages only some settings read (DreamBooth's clustering reads the classifier): with those
+    settings they count as ``inputs``, key included; with others the stage neither needs nor is keyed on
+    them."""
     fingerprint_inputs: Callable[[PipelineConfig], Any] | None = None
     """Extra key material computed before running, e.g. checksums of files outside the run directory."""
     version: int = 1
@@ -48,6 +52,10 @@ class Stage:
     """The stage keeps its folder when its key changes and reconciles it itself: each item it makes is
     keyed on its own settings (the arms: one classifier per arm and seed), so a changed key redoes only
     the items whose settings changed."""
+
+    def inputs_for(self, cfg: PipelineConfig) -> tuple[str, ...]:
+        """The upstream stages this config needs: ``inputs`` plus what ``inputs_when`` names."""
+        return self.inputs + (self.inputs_when(cfg) if self.inputs_when else ())
 
 
 @dataclass
@@ -103,7 +111,7 @@ class RunDir:
 
 def stage_key(stage: Stage, cfg: PipelineConfig, run: RunDir) -> str:
     upstream = {}
-    for name in stage.inputs:
+    for name in stage.inputs_for(cfg):
         marker = run.marker(name)
         if marker is None:
             raise StageError(
@@ -153,10 +161,10 @@ def run_stage(
     directory.mkdir(parents=True, exist_ok=True)
     atomic.write_json(started, {"key": key})
     storage.push(started)
-    for name in stage.inputs:
+    for name in stage.inputs_for(cfg):
         storage.pull(run.stage_dir(name))
 
-    inputs = {name: run.marker(name)["outputs"] for name in stage.inputs}  # type: ignore[index]
+    inputs = {name: run.marker(name)["outputs"] for name in stage.inputs_for(cfg)}  # type: ignore[index]
     t0 = time.perf_counter()
     outputs = stage.fn(cfg, StageContext(run=run, dir=directory, inputs=inputs)) or {}
     seconds = time.perf_counter() - t0

@@ -107,3 +107,27 @@ def test_relative_run_dir_is_made_absolute(tmp_path, monkeypatch):
     # Ray workers run in other working directories, so paths handed to them must not be relative.
     monkeypatch.chdir(tmp_path)
     assert RunDir("runs/x").root == tmp_path / "runs" / "x"
+
+
+def test_an_input_some_settings_need_is_required_and_keyed_only_with_those_settings(tmp_path):
+    from dataclasses import replace
+
+    calls = []
+    up = _recording_stage(calls, "up", keys=("classifier.epochs",))
+    down = replace(
+        _recording_stage(calls, "down", keys=("mix.synthetic_ratio",)),
+        inputs_when=lambda cfg: ("up",) if cfg.mix.synthetic_ratio > 1 else (),
+    )
+    run = RunDir(tmp_path)
+    plain = load_config(None, ["classifier.epochs=1"])
+    assert run_stage(down, plain, run).outputs == {"epochs": 1}  # needs no "up"
+    with pytest.raises(StageError, match="needs stage 'up'"):
+        run_stage(down, load_config(None, ["mix.synthetic_ratio=2"]), run)
+    run_stage(up, plain, run)
+    assert run_stage(down, plain, run).skipped  # "up" finishing changes nothing it is not keyed on
+    needing = load_config(None, ["mix.synthetic_ratio=2"])
+    assert not run_stage(down, needing, run).skipped
+    assert run_stage(down, needing, run).skipped
+    run_stage(up, load_config(None, ["classifier.epochs=3"]), run)  # now its upstream changed
+    changed = load_config(None, ["classifier.epochs=3", "mix.synthetic_ratio=2"])
+    assert not run_stage(down, changed, run).skipped

@@ -29,6 +29,11 @@ class BaseModelConfig:
 
 @dataclass
 class DreamBoothConfig:
+    method: Literal["dreambooth", "textual_inversion"] = "dreambooth"
+    """dreambooth: the UNet (fully, or its LoRA when lora_rank > 0) learns with the identifier's embedding;
+    textual_inversion: only the new identifier tokens' embedding rows learn (textual_inversion_learning_rate,
+    textual_inversion_steps), the UNet, autoencoder and the rest of the text encoder stay frozen, prior
+    preservation does not apply, and the output is learned_embeds.safetensors alone."""
     identifier_token: str = "<disease-leaf>"
     """Identifier of the target class in prompts; must tokenize to one token (see ``new_token``)."""
     new_token: bool = True
@@ -53,7 +58,20 @@ class DreamBoothConfig:
     lr_warmup_steps: int = 0
     """Linear warm-up steps of the schedule."""
     max_train_steps: int = 400
-    """Optimiser steps."""
+    """Optimiser steps of method dreambooth."""
+    textual_inversion_learning_rate: float = 5e-2
+    """Learning rate of the identifier embeddings under method textual_inversion (its own key, so a search
+    over ``method`` gives each method its own settings). On the embedded model 5e-2 for 400 steps raised
+    the judged share of the class by 17 points, 200 steps by 8 (docs/finetune_methods.md)."""
+    textual_inversion_steps: int = 400
+    """Optimiser steps of method textual_inversion."""
+    clusters: int | Literal["auto"] = 1
+    """Identifiers for the target class: 1, one (``identifier_token``); k > 1, the train images are
+    clustered (k-means on classifier features) and each cluster learns its own token derived from
+    ``identifier_token`` (<disease-leaf-0>, <disease-leaf-1>, ...); auto: k in 2..max_clusters with the
+    best silhouette score."""
+    max_clusters: int = 4
+    """Largest k that ``clusters: auto`` tries."""
     train_batch_size: int = 4
     """Instance images per step and worker (as many class images join them with prior preservation)."""
     gradient_accumulation_steps: int = 1
@@ -108,6 +126,9 @@ class DreamBoothConfig:
         for name in (
             "learning_rate",
             "embedding_learning_rate",
+            "textual_inversion_learning_rate",
+            "textual_inversion_steps",
+            "max_clusters",
             "max_train_steps",
             "train_batch_size",
             "gradient_accumulation_steps",
@@ -129,6 +150,39 @@ class DreamBoothConfig:
             )
         if not self.identifier_token.strip() or " " in self.identifier_token:
             raise FieldError("identifier_token", f"must be one word, got {self.identifier_token!r}")
+        if self.clusters != "auto" and self.clusters < 1:
+            raise FieldError("clusters", f"must be 1 or more, or auto, got {self.clusters!r}")
+        if self.clusters == "auto" and self.max_clusters < 2:
+            raise FieldError("max_clusters", f"must be 2 or more for clusters: auto, got {self.max_clusters}")
+        if not self.new_token and self.method == "textual_inversion":
+            raise FieldError(
+                "new_token",
+                "textual_inversion trains only a new token's embedding: with new_token false "
+                "there is nothing to train",
+            )
+        if not self.new_token and self.clusters != 1:
+            raise FieldError("new_token", "one identifier per cluster needs new tokens (new_token true)")
+        if self.method == "textual_inversion" and self.train_text_encoder:
+            raise FieldError(
+                "train_text_encoder",
+                "textual_inversion keeps the text encoder frozen apart from the new "
+                "tokens' embeddings; set it false or use method dreambooth",
+            )
+
+    @property
+    def trains_unet(self) -> bool:
+        """Whether the UNet (or its LoRA) learns: method dreambooth."""
+        return self.method == "dreambooth"
+
+    @property
+    def train_steps(self) -> int:
+        """Optimiser steps of the configured method."""
+        return self.max_train_steps if self.trains_unet else self.textual_inversion_steps
+
+    @property
+    def with_prior(self) -> bool:
+        """Whether prior preservation applies: a prior weight, and a method that trains the UNet."""
+        return self.trains_unet and self.prior_loss_weight > 0
 
 
 @dataclass
@@ -169,6 +223,10 @@ class GenerateConfig:
     """Parquet file of rows to render instead of the table built from this section: columns id and prompt,
     optionally negative_prompt, seed, steps, guidance, mode, strength and source_id (img2img: a train-split
     image of the target class); missing values come from this section."""
+    cluster_allocation: Literal["size", "equal"] = "size"
+    """With a fine-tune that learned one identifier per cluster: how txt2img rows are spread over the
+    clusters, in proportion to each cluster's train images (size) or evenly (equal); each row's prompt
+    names its cluster's token. img2img rows always take their source image's cluster."""
     adapter: str | None = None
     """DreamBooth output to generate with: a diffusers pipeline folder (full fine-tune) or a folder with
     ``pytorch_lora_weights.safetensors`` and/or ``learned_embeds.safetensors``; None: the base model."""

@@ -251,3 +251,10 @@ class PipelineConfig:
                 f"eval.arms[{synthetic[0]}].train",
                 "trains on synthetic images, but generate.num_images is 0: generate some, or train: real",
             )
+        clustered = self.dreambooth.clusters != 1
+        if clustered and self.generate.mode == "img2img" and self.generate.cluster_allocation == "equal":
+            raise FieldError(
+                "generate.cluster_allocation",
+                "img2img rows take their source image's cluster, so they follow the clusters' sizes: use "
+                "size, or generate.mode txt2img",
+            )

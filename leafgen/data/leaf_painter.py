@@ -205,13 +205,17 @@ def _scab_blotch(
     img[sy, sx] = patch * (1 - alpha) + colour * texture * alpha
 
 
-def paint_leaf(label: str, rng: np.random.Generator) -> np.ndarray:
-    """An RGB float image (H, W, 3) in [0, 1] of one leaf of class ``label``."""
+Marks = tuple[tuple[int, int], tuple[int, int], tuple[float, float], float]
+
+
+def paint_leaf(label: str, rng: np.random.Generator, marks: Marks | None = None) -> np.ndarray:
+    """An RGB float image (H, W, 3) in [0, 1] of one leaf of class ``label``; ``marks`` replaces the
+    class's entry of ``MARKS`` (a kind of leaf of its own, e.g. mostly rust spots with one scab blotch)."""
     background = _background(rng)
     shape = LeafShape.sample(rng)
     leaf, mask, petiole = _leaf(rng, shape)
 
-    (rust_lo, rust_hi), (scab_lo, scab_hi), (str_lo, str_hi), size = MARKS[label]
+    (rust_lo, rust_hi), (scab_lo, scab_hi), (str_lo, str_hi), size = marks or MARKS[label]
     marks = ["rust"] * int(rng.integers(rust_lo, rust_hi + 1)) + ["scab"] * int(
         rng.integers(scab_lo, scab_hi + 1)
     )
@@ -246,9 +250,10 @@ def paint_leaf(label: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def render(label: str, rng: np.random.Generator, width: int) -> Image.Image:
-    """A PIL image of width ``width`` (height 2/3 of it) of one leaf of class ``label``."""
-    arr = (paint_leaf(label, rng) * 255 + 0.5).astype(np.uint8)
+def render(label: str, rng: np.random.Generator, width: int, marks: Marks | None = None) -> Image.Image:
+    """A PIL image of width ``width`` (height 2/3 of it) of one leaf of class ``label`` (``marks``: see
+    :func:`paint_leaf`)."""
+    arr = (paint_leaf(label, rng, marks) * 255 + 0.5).astype(np.uint8)
     height = max(1, round(width * H / W))
     image = Image.fromarray(arr).resize((width, height), Image.LANCZOS)
     if width > W:

@@ -166,6 +166,18 @@ def load_pipeline(
         ) from None
 
 
+def load_tokenizer(name_or_path: str, revision: str | None = None) -> CLIPTokenizer:
+    """The base model's tokenizer alone (cheap: checks of identifier tokens run before any stage works)."""
+    source = resolve_model_path(name_or_path)
+    try:
+        return CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision)
+    except (OSError, ValueError) as exc:
+        raise LeafgenError(
+            f"cannot load the tokenizer of base model {source!r} (base_model.name_or_path); "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+
+
 def initial_noise(
     pipe: StableDiffusionPipeline, generators: Sequence[torch.Generator], height: int, width: int
 ) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""DreamBooth on Ray Train: DDP workers run the library loop; the driver logs, keeps checkpoints, exports.
+"""DreamBooth and textual inversion on Ray Train: DDP workers run the library loop; the driver logs,
+keeps checkpoints, exports.
 
 Wiring only: ``ScalingConfig`` over ``dreambooth.num_workers`` (a GPU each when the cluster has them),
 ``CheckpointConfig`` keeping the latest ``keep_checkpoints``, ``FailureConfig`` restarting a killed worker
@@ -73,6 +74,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             worker,
             revision=cfg.base_model.revision,
             resume_from=resume_from,
+            instance_clusters=config["instance_clusters"],
         )
 
 
@@ -85,9 +87,11 @@ def train_dreambooth_on_ray(
     validation_dir: Path,
     name: str = "dreambooth",
     run: RunStorage | None = None,
+    instance_clusters: list[int] | None = None,
 ) -> ray.train.Result:
     """Fine-tune with ``cfg.dreambooth.num_workers`` DDP workers; returns Ray's result (latest checkpoint).
-    ``run``: the run's storage when the caller has it open (a stage's ``ctx.run.storage``)."""
+    ``run``: the run's storage when the caller has it open (a stage's ``ctx.run.storage``);
+    ``instance_clusters``: each instance image's cluster when ``cfg.dreambooth.clusters`` (resolved) > 1."""
     db, b = cfg.dreambooth, cfg.base_model
     run = run or RunStorage.open(cfg.run_dir)
     trainer = build_trainer(
@@ -99,13 +103,14 @@ def train_dreambooth_on_ray(
             "class_images": [str(p) for p in class_images],
             "size": [b.resolution, b.width or b.resolution],
             "validation_dir": str(validation_dir.resolve()),
+            "instance_clusters": instance_clusters,
         },
         db.num_workers,
         storage,
         name,
         CheckpointConfig(num_to_keep=db.keep_checkpoints),
         db.max_failures,
-        [StepMetrics(storage, db.max_train_steps, run)],
+        [StepMetrics(storage, db.train_steps, run)],
         run,
     )
     with ray_noise_filtered():

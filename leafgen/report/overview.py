@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from leafgen.diffusion.probes.drift import instance_and_class
 from leafgen.labels import CLASSES
 
 
@@ -56,7 +57,7 @@ def comparison_sentences(comparison: dict[str, Any]) -> list[str]:
 
 
 def dreambooth_sentence(drift: dict[str, Any]) -> str:
-    instance, cls = drift["prompts"][0], drift["prompts"][1]
+    instance, cls = instance_and_class(drift)
     low = instance["change_ci95"][0]
     verb = "raised" if low > 0 else "did not measurably raise"
     return (

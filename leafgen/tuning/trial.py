@@ -20,7 +20,7 @@ from leafgen.classifier.runs import spec_for
 from leafgen.classifier.stage import CLASSIFIER
 from leafgen.config import PipelineConfig
 from leafgen.data.stages import DATASET, SPLIT
-from leafgen.diffusion.finetune.stages import CLASS_IMAGES, DREAMBOOTH
+from leafgen.diffusion.finetune.stages import CLASS_IMAGES, DREAMBOOTH_AFTER_CLASSIFIER
 from leafgen.diffusion.generation.stages import GATE, GENERATE_FINETUNED
 from leafgen.evaluation.arms import arm_config, synthetic_use
 from leafgen.evaluation.mix_stage import MIX
@@ -71,7 +71,7 @@ TRIAL_STAGES: tuple[Stage, ...] = (
     SPLIT,
     CLASSIFIER,
     CLASS_IMAGES,
-    DREAMBOOTH,
+    DREAMBOOTH_AFTER_CLASSIFIER,
     GENERATE_FINETUNED,
     GATE,
     MIX,

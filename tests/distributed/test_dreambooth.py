@@ -1,7 +1,10 @@
-"""DreamBooth on real Ray Train (2 CPU workers, gloo): the command end to end, and a killed worker."""
+"""DreamBooth on real Ray Train (2 CPU workers, gloo): the command end to end, and a killed worker; textual
+inversion with one identifier per cluster through the same command."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -12,6 +15,7 @@ import time
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from leafgen.cli import main
@@ -109,6 +113,51 @@ def test_killed_worker_resumes_from_the_last_checkpoint(dreambooth_run, tmp_path
     history = read_history(storage)
     assert history[-1]["step"] == 40
     assert history[-1]["start_step"] > 1  # the new worker group continued from a checkpoint
+
+
+@pytest.fixture(scope="module")
+def inversion_run(dreambooth_run, tmp_path_factory):
+    """``leafgen dreambooth`` with textual inversion and two clusters, in a copy of the DreamBooth run (its
+    class images are reused): (run_dir, what it printed)."""
+    run_dir = tmp_path_factory.mktemp("ti") / "run"
+    shutil.copytree(dreambooth_run[0], run_dir)
+    args = [a for a in dreambooth_run[1] if not a.startswith("run_dir=")] + [f"run_dir={run_dir}"]
+    args += ["dreambooth.method=textual_inversion", "dreambooth.textual_inversion_steps=6"]
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["dreambooth", *args, "dreambooth.clusters=2"]) == 0
+    return run_dir, out.getvalue()
+
+
+def test_textual_inversion_with_clusters_trains_on_ray_and_loads_in_plain_diffusers(inversion_run, model_dir):
+    from safetensors.torch import load_file
+
+    run_dir, printed = inversion_run
+    assert "textual inversion trains no UNet weights, so prior preservation" in printed
+    assert ": textual_inversion, 2 clusters" in printed  # the stage's summary line
+    stage = run_dir / "dreambooth"
+    summary = json.loads((stage / "summary.json").read_text())
+    assert (summary["kind"], summary["method"], summary["steps"]) == (
+        "textual_inversion",
+        "textual_inversion",
+        6,
+    )
+    assert summary["class_images"] == 0 and summary["tokens"] == ["<disease-leaf-0>", "<disease-leaf-1>"]
+    out = stage / "model"
+    assert {p.name for p in out.iterdir()} == {"learned_embeds.safetensors", "clusters.json", "README.md"}
+    clusters = json.loads((out / "clusters.json").read_text())
+    assert clusters["k"] == 2 and len(clusters["ids"]) == summary["instance_images"] == sum(clusters["sizes"])
+    assert "embedded backbone" in clusters["features"] and len(clusters["distances"][0]) == 2
+    embeds = load_file(out / "learned_embeds.safetensors")
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    pipe.load_textual_inversion(list(embeds.values()), token=list(embeds))
+    image = pipe("<disease-leaf-1> leaf", height=16, width=24, num_inference_steps=2, output_type="pt").images
+    assert image.shape == (1, 3, 16, 24) and torch.isfinite(image).all()
+    # Validation grids draw every cluster's prompt: 2 cluster rows, "leaf" and "a photo of a leaf".
+    grid = Image.open(stage / "validation" / "step_000006.png")
+    assert grid.height == 4 * 16 + 5
+    events = EventAccumulator(str(stage / "ray" / "tensorboard")).Reload()
+    assert "dreambooth/loss/instance" in events.Tags()["scalars"]
+    assert Image.open(stage / "clusters.png").height == 2 * 16 + 3
 
 
 def test_probe_drift_command_compares_base_and_fine_tune(dreambooth_run, capsys):

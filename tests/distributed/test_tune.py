@@ -1,7 +1,8 @@
-"""``leafgen tune`` on real Ray Tune: a tiny grid of 2 DreamBooth settings x 2 synthetic ratios, killed
-after its first finished trial and resumed by the same command. DreamBooth runs once per setting, no trial
-waits long in PENDING, every trial logs to TensorBoard, the test split plays no part in selection, and the
-exported best configuration runs with ``leafgen run``."""
+"""``leafgen tune`` on real Ray Tune: a tiny grid of 2 fine-tuning methods (DreamBooth LoRA, textual
+inversion; one identifier per cluster of 2) x 2 synthetic ratios, killed after its first finished trial and
+resumed by the same command. Each fine-tune runs once, no trial waits long in PENDING, every trial logs to
+TensorBoard, the test split plays no part in selection, and the exported best configuration runs with
+``leafgen run``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 
 from leafgen.cli import main
@@ -23,7 +25,8 @@ SEARCH = [
     "eval.seeds=[0]",
     "dreambooth.num_workers=1",
     "classifier.num_workers=1",
-    "tune.space={dreambooth.learning_rate: {choice: [0.0001, 0.001]},"
+    "dreambooth.clusters=2",
+    "tune.space={dreambooth.method: {choice: [dreambooth, textual_inversion]},"
     " mix.synthetic_ratio: {choice: [0.0, 1.0]}}",
     "tune.search_alg=grid",
     "tune.num_samples=1",
@@ -57,8 +60,8 @@ def test_the_resumed_search_finishes_every_trial(search):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED"}
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
-    grid = {(float(r["dreambooth.learning_rate"]), float(r["mix.synthetic_ratio"])) for r in rows}
-    assert grid == {(lr, ratio) for lr in (0.0001, 0.001) for ratio in (0.0, 1.0)}
+    grid = {(r["dreambooth.method"], float(r["mix.synthetic_ratio"])) for r in rows}
+    assert grid == {(m, ratio) for m in ("dreambooth", "textual_inversion") for ratio in (0.0, 1.0)}
     assert all(r["val/target_recall"] != "" for r in rows)
     assert {int(r["synthetic_images"]) > 0 for r in rows} == {True, False}  # ratio 0 adds none
 
@@ -80,6 +83,29 @@ def test_dreambooth_ran_once_per_setting_and_each_stage_once_per_key(search):
     assert len(trials) == 4
     assert len({(t / "dreambooth").resolve() for t in trials}) == 2
     assert len({(t / "trial_fit").resolve() for t in trials}) == 4
+
+
+def test_each_method_learned_a_token_per_cluster_and_generation_spread_rows_over_them(search):
+    run_dir, _, _ = search
+    for folder in {(t / "dreambooth").resolve() for t in (run_dir / "trials").iterdir()}:
+        summary = json.loads((folder / "summary.json").read_text())
+        model = sorted(p.name for p in (folder / "model").iterdir())
+        if summary["method"] == "textual_inversion":
+            assert summary["kind"] == "textual_inversion" and summary["class_images"] == 0
+            assert model == ["README.md", "clusters.json", "learned_embeds.safetensors"]
+        else:
+            assert summary["kind"] == "lora" and "pytorch_lora_weights.safetensors" in model
+        clusters = json.loads((folder / "clusters.json").read_text())
+        assert summary["clusters"] == clusters["k"] == 2 and "the classifier stage" in clusters["features"]
+        assert (
+            sorted(clusters["assignment"]) == sorted(clusters["ids"]) and (folder / "clusters.png").is_file()
+        )
+    for generated in (run_dir / "stages" / "generate").glob("*/manifest.parquet"):
+        rows = pq.read_table(generated).to_pylist()
+        assert {r["cluster"] for r in rows} <= {0, 1}
+        assert all(r["prompt"].startswith(f"<disease-leaf-{r['cluster']}>") for r in rows)
+    drift = json.loads((run_dir / "best" / "drift" / "drift.json").read_text())
+    assert [p["prompt"] for p in drift["prompts"][:2]] == ["<disease-leaf-0> leaf", "<disease-leaf-1> leaf"]
 
 
 def test_no_trial_waited_long_and_every_trial_logged_to_tensorboard(search):
@@ -111,7 +137,7 @@ def test_the_best_config_is_tested_over_seeds_and_runs_with_leafgen_run(search, 
     assert comparison["seeds"] == [0]
     report = (run_dir / "report" / "report.md").read_text()
     assert "held-out test split" in report and "objective_vs_mix_synthetic_ratio.png" in report
-    assert (run_dir / "report" / "objective_vs_dreambooth_learning_rate.png").is_file()
+    assert (run_dir / "report" / "objective_vs_dreambooth_method.png").is_file()
     capsys.readouterr()
     assert main(["run", "--config", str(best_yaml)]) == 0
     assert "[report] skipped (up to date)" in capsys.readouterr().out

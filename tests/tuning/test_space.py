@@ -112,3 +112,25 @@ def test_the_objective_must_be_a_validation_metric():
         load_config(None, ["tune.metric=test/accuracy"])
     with pytest.raises(ConfigError, match="tune.tie_breaker: must be a validation metric"):
         load_config(None, ["tune.tie_breaker=accuracy"])
+
+
+def test_the_method_and_the_clusters_are_searchable_and_bad_values_are_named():
+    cfg = _space(
+        "{dreambooth.method: {choice: [dreambooth, textual_inversion]},"
+        " dreambooth.clusters: {choice: [1, 2, auto]}}"
+    )
+    params = {p.key: p for p in parse_space(cfg, TRIAL_STAGES)}
+    assert params["dreambooth.method"].args == ("dreambooth", "textual_inversion")
+    assert params["dreambooth.clusters"].args == (1, 2, "auto")
+    trial = apply_values(cfg, {"dreambooth.method": "textual_inversion", "dreambooth.clusters": "auto"})
+    assert trial.dreambooth.method == "textual_inversion" and trial.dreambooth.clusters == "auto"
+    with pytest.raises(
+        ConfigError, match=r"dreambooth.clusters value 0.*dreambooth.clusters: must be 1 or more"
+    ):
+        parse_space(_space("{dreambooth.clusters: {choice: [0, 2]}}"), TRIAL_STAGES)
+    # A method that contradicts a fixed setting is refused before any trial starts.
+    with pytest.raises(ConfigError, match="dreambooth.method value 'textual_inversion'.*new_token"):
+        parse_space(
+            _space("{dreambooth.method: {choice: [textual_inversion]}}", "dreambooth.new_token=false"),
+            TRIAL_STAGES,
+        )

@@ -3,8 +3,9 @@ loads them.
 
 DreamBooth outputs come in the formats DESIGN.md names: a full fine-tune is a pipeline folder
 (``model_index.json``); a LoRA run is ``pytorch_lora_weights.safetensors`` (``load_lora_weights``) with,
-when it trained a new identifier token, ``learned_embeds.safetensors`` (``load_textual_inversion``).
-Either file alone is accepted; a folder with neither is an error, never a silently plain base model.
+when it trained new identifier tokens, ``learned_embeds.safetensors`` (``load_textual_inversion``); a
+textual inversion is ``learned_embeds.safetensors`` alone. Either file alone is accepted; a folder with
+neither is an error, never a silently plain base model.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from diffusers import (
 )
 
 from leafgen.diffusion.components import load_pipeline
+from leafgen.diffusion.finetune.identifier import load_learned_embeds
 from leafgen.diffusion.generation.speed import apply_levers
 from leafgen.errors import LeafgenError
 
@@ -92,7 +94,7 @@ def load_generation_pipeline(settings: EngineSettings, device: torch.device) -> 
     if kind == "lora":
         folder = Path(settings.adapter).expanduser()  # type: ignore[arg-type]
         if (folder / EMBEDS_FILE).is_file():
-            pipe.load_textual_inversion(str(folder / EMBEDS_FILE))
+            load_learned_embeds(pipe, folder / EMBEDS_FILE)
         if (folder / LORA_FILE).is_file():
             pipe.load_lora_weights(str(folder), weight_name=LORA_FILE)
             # Merged into the base weights, a LoRA costs nothing per step.

@@ -1,8 +1,11 @@
-"""DreamBooth on a Stable Diffusion pipeline, following diffusers' train_dreambooth(_lora).py semantics.
+"""DreamBooth and textual inversion on a Stable Diffusion pipeline, following diffusers'
+train_dreambooth(_lora).py and textual_inversion.py semantics.
 
-- Models: the base pipeline's components; an identifier token (new, with its own trained embedding, or an
-  existing rare one); the UNet fully fine-tuned or given peft LoRA adapters; the text encoder frozen,
-  fully trained, or LoRA-adapted (``train_text_encoder``). The autoencoder is always frozen.
+- Models: the base pipeline's components; identifier tokens (new, one per cluster, with their own trained
+  embeddings, or an existing rare one); under ``method: dreambooth`` the UNet fully fine-tuned or given
+  peft LoRA adapters and the text encoder frozen, fully trained, or LoRA-adapted (``train_text_encoder``);
+  under ``method: textual_inversion`` only the new tokens' embedding rows. The autoencoder is always
+  frozen.
 - Loss: noise-prediction MSE on instance images (optionally min-SNR-gamma weighted) plus
   ``prior_loss_weight`` times the plain MSE on class images, which keeps the class prompt's meaning
   (prior preservation against language drift). Offset noise shifts each sample's per-channel noise mean.
@@ -24,7 +27,7 @@ from peft import LoraConfig
 
 from leafgen.config import DreamBoothConfig
 from leafgen.diffusion.components import load_pipeline, training_scheduler
-from leafgen.diffusion.finetune.identifier import add_identifier, train_only_rows
+from leafgen.diffusion.finetune.identifier import add_identifiers, cluster_tokens, train_only_rows
 from leafgen.errors import LeafgenError
 from leafgen.precision import native_bf16
 
@@ -38,10 +41,17 @@ class DreamBoothModels:
     unet: Any
     vae: Any
     noise_scheduler: DDPMScheduler
-    token_id: int
-    """Id of the identifier token."""
+    tokens: list[str]
+    """The identifier tokens, one per cluster (cluster i's is ``tokens[i]``)."""
+    token_ids: list[int]
+    """Their ids."""
     new_token: bool
-    """Whether the token was added (its embedding row trains and is saved)."""
+    """Whether the tokens were added (their embedding rows train and are saved)."""
+
+    @property
+    def token_id(self) -> int:
+        """The first (with one cluster, the only) identifier's id."""
+        return self.token_ids[0]
 
 
 def autocast_dtype(cfg: DreamBoothConfig, device: torch.device) -> torch.dtype | None:
@@ -54,17 +64,19 @@ def autocast_dtype(cfg: DreamBoothConfig, device: torch.device) -> torch.dtype |
 
 
 def prepare_models(cfg: DreamBoothConfig, base_model: str, revision: str | None = None) -> DreamBoothModels:
-    """Load the base model and make exactly the parameters ``cfg`` trains trainable."""
+    """Load the base model and make exactly the parameters ``cfg`` trains trainable. ``cfg.clusters`` is
+    the number of clusters found (the stage resolves ``auto`` before training)."""
+    if not isinstance(cfg.clusters, int):
+        raise LeafgenError("dreambooth.clusters=auto is resolved to a number before the models are built")
     pipe = load_pipeline(base_model, revision)
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
-    token_id = add_identifier(
-        tokenizer, text_encoder, cfg.identifier_token, cfg.initializer_token, cfg.new_token
-    )
+    tokens = cluster_tokens(cfg.identifier_token, cfg.clusters)
+    token_ids = add_identifiers(tokenizer, text_encoder, tokens, cfg.initializer_token, cfg.new_token)
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
-    unet.requires_grad_(cfg.lora_rank == 0)
+    unet.requires_grad_(cfg.trains_unet and cfg.lora_rank == 0)
     alpha = cfg.lora_alpha or cfg.lora_rank
-    if cfg.lora_rank:
+    if cfg.trains_unet and cfg.lora_rank:
         unet.add_adapter(
             LoraConfig(
                 r=cfg.lora_rank,
@@ -87,8 +99,8 @@ def prepare_models(cfg: DreamBoothConfig, base_model: str, revision: str | None 
         text_encoder.requires_grad_(True)
     embedding = text_encoder.get_input_embeddings()
     if cfg.new_token:
-        # Only the new row learns; the rest of the table keeps CLIP's meaning of every other word.
-        train_only_rows(embedding, [token_id])
+        # Only the new rows learn; the rest of the table keeps CLIP's meaning of every other word.
+        train_only_rows(embedding, token_ids)
     else:
         embedding.weight.requires_grad_(False)
     if cfg.gradient_checkpointing:
@@ -96,7 +108,7 @@ def prepare_models(cfg: DreamBoothConfig, base_model: str, revision: str | None 
         if cfg.train_text_encoder:
             text_encoder.gradient_checkpointing_enable()
     return DreamBoothModels(
-        tokenizer, text_encoder, unet, vae, training_scheduler(pipe), token_id, cfg.new_token
+        tokenizer, text_encoder, unet, vae, training_scheduler(pipe), tokens, token_ids, cfg.new_token
     )
 
 
@@ -117,14 +129,16 @@ def _check_text_encoder_lora() -> None:
 
 
 def parameter_groups(models: DreamBoothModels, cfg: DreamBoothConfig) -> list[dict[str, Any]]:
-    """UNet (or LoRA) and text-encoder weights at ``learning_rate``; the identifier embedding at
-    ``embedding_learning_rate`` with no weight decay, so Adam leaves its masked rows exactly alone."""
+    """UNet (or LoRA) and text-encoder weights at ``learning_rate``; the identifier embeddings at
+    ``embedding_learning_rate`` (textual inversion: ``textual_inversion_learning_rate``, and nothing else)
+    with no weight decay, so Adam leaves the masked rows exactly alone."""
     embedding = models.text_encoder.get_input_embeddings().weight
     main = [p for p in models.unet.parameters() if p.requires_grad]
     main += [p for p in models.text_encoder.parameters() if p.requires_grad and p is not embedding]
-    groups = [{"params": main, "lr": cfg.learning_rate, "weight_decay": 1e-2}]
+    groups = [{"params": main, "lr": cfg.learning_rate, "weight_decay": 1e-2}] if main else []
     if models.new_token:
-        groups.append({"params": [embedding], "lr": cfg.embedding_learning_rate, "weight_decay": 0.0})
+        lr = cfg.embedding_learning_rate if cfg.trains_unet else cfg.textual_inversion_learning_rate
+        groups.append({"params": [embedding], "lr": lr, "weight_decay": 0.0})
     return groups
 
 

@@ -1,16 +1,18 @@
-"""The DreamBooth training loop, without Ray: one process (or one DDP rank, given a ``wrap``).
+"""The fine-tuning loop of both methods (DreamBooth, textual inversion), without Ray: one process (or one
+DDP rank, given a ``wrap``).
 
 Each optimiser step accumulates ``gradient_accumulation_steps`` micro-batches of ``train_batch_size``
-instance images (plus as many class images with prior preservation); under DDP the micro-batches before
-the last skip the gradient all-reduce. Checkpoints hold only what trains (LoRA or full weights, the
-identifier's embedding row) plus optimiser, schedule and random state, so a resumed run continues the same
-sequence of steps.
+instance images (plus as many class images with prior preservation), each instance image paired with its
+cluster's prompt; under DDP the micro-batches before the last skip the gradient all-reduce. Checkpoints
+hold only what trains (LoRA or full weights, the identifiers' embedding rows) plus optimiser, schedule and
+random state, so a resumed run continues the same sequence of steps. The methods differ only in what
+``prepare_models`` leaves trainable and in prior preservation, which needs a UNet that learns.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from leafgen.diffusion.finetune.dreambooth import (
     prediction_target,
     tokenize,
 )
+from leafgen.diffusion.finetune.identifier import identifier_prompts
 
 WEIGHTS_FILE = "trainable.safetensors"
 STATE_FILE = "trainer_state.pt"
@@ -49,25 +52,30 @@ class DreamBoothTrainer:
         device: torch.device,
         rank: int = 0,
         wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda module: module,
+        instance_clusters: Sequence[int] | None = None,
     ):
+        """``instance_clusters``: each instance image's cluster (its prompt names ``models.tokens[c]``);
+        None: cluster 0 for every image."""
         self.cfg, self.models, self.device = cfg, models, device
         self.instance, self.classes = instance, classes
-        self.with_prior = cfg.prior_loss_weight > 0 and classes is not None
+        self.with_prior = cfg.with_prior and classes is not None
         models.vae.to(device).eval()
         self.text_trains = any(p.requires_grad for p in models.text_encoder.parameters())
-        models.unet.to(device).train()
+        unet_trains = any(p.requires_grad for p in models.unet.parameters())
+        models.unet.to(device).train(unet_trains)
         models.text_encoder.to(device).train(self.text_trains)
         self.groups = parameter_groups(models, cfg)
-        if cfg.compile:
+        if cfg.compile and unet_trains:
             compile_module(models.unet)  # in place: a DDP wrapper calls the compiled forward
-        self.unet = wrap(models.unet)
+        # DDP refuses a module with nothing to train: textual inversion's UNet only passes gradients on.
+        self.unet = wrap(models.unet) if unet_trains else models.unet
         self.text_encoder = wrap(models.text_encoder) if self.text_trains else models.text_encoder
         self.optimizer = build_optimizer(self.groups, cfg)
         self.lr_scheduler = get_scheduler(
             cfg.lr_scheduler,
             self.optimizer,
             num_warmup_steps=cfg.lr_warmup_steps,
-            num_training_steps=cfg.max_train_steps,
+            num_training_steps=cfg.train_steps,
         )
         self.amp = autocast_dtype(cfg, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
@@ -75,7 +83,17 @@ class DreamBoothTrainer:
         self.step = 0
         sets = [instance, *([classes] if self.with_prior else [])]
         self.caches = [LatentCache(models.vae, s, device) for s in sets] if cfg.crop == "center" else None
-        prompts = [cfg.instance_prompt, *([cfg.class_prompt] if self.with_prior else [])]
+        # Prompt i is cluster i's instance prompt; the class prompt, with prior preservation, comes last.
+        prompts = identifier_prompts(cfg.instance_prompt, cfg.identifier_token, models.tokens)
+        self.image_prompt = torch.as_tensor(
+            list(instance_clusters) if instance_clusters is not None else [0] * len(instance)
+        )
+        if len(self.image_prompt) != len(instance) or int(self.image_prompt.min()) < 0:
+            raise ValueError("instance_clusters needs one cluster index per instance image")
+        if int(self.image_prompt.max()) >= len(prompts):
+            raise ValueError(f"instance_clusters names a cluster beyond the {len(prompts)} tokens")
+        self.class_prompt = len(prompts)
+        prompts += [cfg.class_prompt] if self.with_prior else []
         self.prompt_ids = tokenize(models.tokenizer, prompts).to(device)
         self.frozen_text = None
         if not self.text_trains:
@@ -83,25 +101,29 @@ class DreamBoothTrainer:
                 self.frozen_text = models.text_encoder(self.prompt_ids)[0]
 
     # --- one optimiser step -------------------------------------------------------------------------
-    def _latents(self) -> torch.Tensor:
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents of ``train_batch_size`` random instance images (then as many class images) and the index
+        of each one's prompt in ``prompt_ids``."""
         n = self.cfg.train_batch_size
-        parts = []
+        parts, prompts = [], []
         for k, images in enumerate([self.instance, *([self.classes] if self.with_prior else [])]):
             idx = torch.randint(0, len(images), (n,), generator=self.generator).tolist()
+            prompts.append(self.image_prompt[idx] if k == 0 else torch.full((n,), self.class_prompt))
             if self.caches is not None:
                 parts.append(self.caches[k].sample(idx, self.generator))
             else:
                 with torch.no_grad():
                     x = images.pixels(idx).to(self.device)
                     parts.append(self.models.vae.encode(x).latent_dist.sample(self.generator))
-        return torch.cat(parts) * self.models.vae.config.scaling_factor
+        return torch.cat(parts) * self.models.vae.config.scaling_factor, torch.cat(prompts)
 
-    def _text(self) -> torch.Tensor:
+    def _text(self, prompts: torch.Tensor) -> torch.Tensor:
+        """The text encoder's states of each sample's prompt (encoded once per step, when it trains)."""
         states = self.frozen_text if self.frozen_text is not None else self.text_encoder(self.prompt_ids)[0]
-        return states.repeat_interleave(self.cfg.train_batch_size, dim=0)
+        return states[prompts.to(states.device)]
 
     def micro_step(self, sync: bool) -> dict[str, float]:
-        latents = self._latents()
+        latents, prompts = self._batch()
         noise = make_noise(latents, self.generator, self.cfg.noise_offset)
         timesteps = torch.randint(
             0,
@@ -118,7 +140,7 @@ class DreamBoothTrainer:
             with torch.autocast(
                 self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
             ):
-                pred = self.unet(noisy, timesteps, self._text()).sample
+                pred = self.unet(noisy, timesteps, self._text(prompts)).sample
             target = prediction_target(self.models.noise_scheduler, latents, noise, timesteps)
             loss, instance, prior = dreambooth_loss(
                 pred,
@@ -159,7 +181,7 @@ class DreamBoothTrainer:
                 if param.requires_grad and param is not embedding:
                     state[f"{prefix}.{name}"] = param.detach().cpu().contiguous()
         if self.models.new_token:
-            state[EMBEDDING_KEY] = embedding[self.models.token_id].detach().cpu().clone()
+            state[EMBEDDING_KEY] = embedding[self.models.token_ids].detach().cpu().clone()
         return state
 
     def save_checkpoint(self, folder: Path) -> None:
@@ -195,8 +217,9 @@ def apply_trainable_state(models: DreamBoothModels, weights: dict[str, torch.Ten
     }
     with torch.no_grad():
         for key, value in weights.items():
-            if key == EMBEDDING_KEY:
+            if key == EMBEDDING_KEY:  # one row per token; a checkpoint of one token may hold it flat
                 table = models.text_encoder.get_input_embeddings().weight
-                table[models.token_id] = value.to(table.device, table.dtype)
+                rows = value.reshape(len(models.token_ids), -1)
+                table[models.token_ids] = rows.to(table.device, table.dtype)
             else:
                 params[key].copy_(value)

@@ -1,11 +1,12 @@
-"""What DreamBooth leaves behind, in the formats a diffusers user loads (DESIGN.md), and its validation
+"""What a fine-tune leaves behind, in the formats a diffusers user loads (DESIGN.md), and its validation
 grids.
 
 - LoRA run: ``pytorch_lora_weights.safetensors`` (UNet, and text-encoder LoRA when trained;
-  ``load_lora_weights``) plus ``learned_embeds.safetensors`` for a new token (``load_textual_inversion``).
+  ``load_lora_weights``) plus ``learned_embeds.safetensors`` for new tokens (``load_textual_inversion``).
 - Full fine-tune: a pipeline folder (``StableDiffusionPipeline.from_pretrained``) whose tokenizer and
-  text encoder already hold the token; ``learned_embeds.safetensors`` is written beside it as well.
-- Both: ``README.md``, a model card with the exact config.
+  text encoder already hold the tokens; ``learned_embeds.safetensors`` is written beside it as well.
+- Textual inversion: ``learned_embeds.safetensors`` alone.
+- All: ``README.md``, a model card with the method and the exact config.
 
 The folder is assembled under a temporary name and renamed into place, so it is complete or absent.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -94,22 +96,52 @@ def validation_grid(
     return labelled_grid([GridRow(p, [x]) for p, x in zip(prompts, rows)], title)
 
 
-def model_card(cfg: DreamBoothConfig, base_model: str, kind: str) -> str:
+def output_kind(cfg: DreamBoothConfig) -> str:
+    """``lora``, ``full`` or ``textual_inversion``: which method ran, and for DreamBooth which weights."""
+    if not cfg.trains_unet:
+        return "textual_inversion"
+    return "lora" if cfg.lora_rank else "full"
+
+
+KIND_TITLES = {
+    "lora": "DreamBooth LoRA",
+    "full": "DreamBooth full fine-tune",
+    "textual_inversion": "Textual inversion",
+}
+
+
+def model_card(cfg: DreamBoothConfig, base_model: str, tokens: list[str]) -> str:
+    kind = output_kind(cfg)
+    if len(tokens) > 1:
+        listed = ", ".join(f"`{t}`" for t in tokens)
+        identifiers = f"one identifier per cluster of the class ({listed}; clusters.json)"
+    else:
+        identifiers = f"identifier `{tokens[0]}` ({'new token' if cfg.new_token else 'existing token'})"
+    prior = (
+        "prior preservation does not apply"
+        if kind == "textual_inversion"
+        else (f"class prompt `{cfg.class_prompt}`" + ("" if cfg.with_prior else ", no prior preservation"))
+    )
     return (
-        f"# DreamBooth {kind} of `{base_model}` (leafgen)\n\n"
-        f"Instance prompt `{cfg.instance_prompt}`, class prompt `{cfg.class_prompt}`, identifier "
-        f"`{cfg.identifier_token}` ({'new token' if cfg.new_token else 'existing token'}).\n\n"
+        f"# {KIND_TITLES[kind]} of `{base_model}` (leafgen)\n\n"
+        f"Method `{cfg.method}`: instance prompt `{cfg.instance_prompt}`, {identifiers}; {prior}; "
+        f"{cfg.train_steps} steps.\n\n"
         "```yaml\n" + dump_yaml(cfg) + "```\n"
     )
 
 
-def save_dreambooth(models: DreamBoothModels, cfg: DreamBoothConfig, base_model: str, out: Path) -> Path:
-    """Write the output folder ``out`` (replacing an older one) and return it."""
+def save_dreambooth(
+    models: DreamBoothModels, cfg: DreamBoothConfig, base_model: str, out: Path, extras: Sequence[Path] = ()
+) -> Path:
+    """Write the output folder ``out`` (replacing an older one), with copies of ``extras`` (the cluster
+    table), and return it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        if cfg.lora_rank:
+        if not cfg.trains_unet:
+            pass  # textual inversion: the learned embeddings are the whole output
+        elif cfg.lora_rank:
             text_layers = None
             if cfg.train_text_encoder:
                 text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(models.text_encoder))
@@ -123,9 +155,10 @@ def save_dreambooth(models: DreamBoothModels, cfg: DreamBoothConfig, base_model:
         else:
             inference_pipeline(models).save_pretrained(tmp, safe_serialization=True)
         if models.new_token:
-            save_learned_embeds(models.text_encoder, cfg.identifier_token, models.token_id, tmp)
-        kind = "LoRA" if cfg.lora_rank else "full fine-tune"
-        (tmp / "README.md").write_text(model_card(cfg, base_model, kind))
+            save_learned_embeds(models.text_encoder, models.tokens, models.token_ids, tmp)
+        for extra in extras:
+            shutil.copy2(extra, tmp / extra.name)
+        (tmp / "README.md").write_text(model_card(cfg, base_model, models.tokens))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

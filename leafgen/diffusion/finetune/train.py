@@ -1,8 +1,10 @@
-"""A whole DreamBooth run on one rank, independent of Ray, and the export of its final checkpoint.
+"""A whole fine-tune (DreamBooth or textual inversion) on one rank, independent of Ray, and the export of
+its final checkpoint.
 
-``fit_dreambooth`` trains to ``max_train_steps``, reporting losses every few steps and, every
+``fit_dreambooth`` trains to the method's step count, reporting losses every few steps and, every
 ``checkpointing_steps``, a checkpoint (rank 0 writes it; every rank reports, as Ray Train requires). Every
-``validation_steps`` rank 0 draws the validation grid (fixed prompts and seeds) into ``validation_dir``.
+``validation_steps`` rank 0 draws the validation grid (fixed prompts and seeds; a prompt naming the
+identifier once per cluster token) into ``validation_dir``.
 ``export_checkpoint`` rebuilds the models on the driver from the base model plus the checkpoint's trained
 tensors and writes the DreamBooth output, so no worker has to write outside its checkpoints.
 """
@@ -20,6 +22,7 @@ from safetensors.torch import load_file
 from leafgen.config import DreamBoothConfig
 from leafgen.diffusion.finetune.data import ImageSet
 from leafgen.diffusion.finetune.dreambooth import prepare_models
+from leafgen.diffusion.finetune.identifier import expand_prompts
 from leafgen.diffusion.finetune.loop import WEIGHTS_FILE, DreamBoothTrainer, apply_trainable_state
 from leafgen.diffusion.finetune.output import save_dreambooth, validation_grid
 from leafgen.report.grids import save_grid
@@ -43,15 +46,24 @@ def fit_dreambooth(
     worker: WorkerContext | None = None,
     revision: str | None = None,
     resume_from: Path | None = None,
+    instance_clusters: Sequence[int] | None = None,
 ) -> None:
+    """``cfg.clusters`` is the number of clusters (resolved), ``instance_clusters`` each image's cluster."""
     worker = worker or WorkerContext()
     torch.manual_seed(cfg.seed)  # LoRA initialisation: the same on every rank
     models = prepare_models(cfg, base_model, revision)
     height, width = size
     instance = ImageSet(instance_images, height, width, cfg.crop)
-    classes = ImageSet(class_images, height, width, cfg.crop) if cfg.prior_loss_weight > 0 else None
+    classes = ImageSet(class_images, height, width, cfg.crop) if cfg.with_prior else None
     trainer = DreamBoothTrainer(
-        cfg, models, instance, classes, worker.device, worker.rank, worker.prepare_model
+        cfg,
+        models,
+        instance,
+        classes,
+        worker.device,
+        worker.rank,
+        worker.prepare_model,
+        instance_clusters,
     )
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
@@ -61,7 +73,7 @@ def fit_dreambooth(
 
     def on_step(metrics: dict[str, Any]) -> None:
         step = int(metrics["step"])
-        last = step == cfg.max_train_steps
+        last = step == cfg.train_steps
         checkpoint = step % cfg.checkpointing_steps == 0 or last
         validate = step % cfg.validation_steps == 0 or last
         if not (checkpoint or validate or step % LOG_EVERY == 0):
@@ -75,20 +87,27 @@ def fit_dreambooth(
                 trainer.save_checkpoint(folder)
             report(metrics, folder)
 
-    trainer.train(cfg.max_train_steps, on_step)
+    trainer.train(cfg.train_steps, on_step)
 
 
 def _validate(
     trainer: DreamBoothTrainer, cfg: DreamBoothConfig, size: tuple[int, int], folder: Path, step: int
 ) -> Path:
-    grid = validation_grid(trainer.models, cfg.validation_prompts, cfg.num_validation_images, size, step)
+    prompts = expand_prompts(cfg.validation_prompts, cfg.identifier_token, trainer.models.tokens)
+    grid = validation_grid(trainer.models, tuple(prompts), cfg.num_validation_images, size, step)
     return save_grid(grid, grid_path(folder, step))
 
 
 def export_checkpoint(
-    cfg: DreamBoothConfig, base_model: str, checkpoint: Path, out: Path, revision: str | None = None
+    cfg: DreamBoothConfig,
+    base_model: str,
+    checkpoint: Path,
+    out: Path,
+    revision: str | None = None,
+    extras: Sequence[Path] = (),
 ) -> Path:
-    """The DreamBooth output folder of a training checkpoint (LoRA + embeddings, or a pipeline)."""
+    """The output folder of a training checkpoint (LoRA + embeddings, a pipeline, or embeddings alone),
+    with copies of ``extras``."""
     models = prepare_models(cfg, base_model, revision)
     apply_trainable_state(models, load_file(str(checkpoint / WEIGHTS_FILE)))
-    return save_dreambooth(models, cfg, base_model, out)
+    return save_dreambooth(models, cfg, base_model, out, extras)

@@ -86,7 +86,7 @@ def finished_rows(out_dir: Path, rows: Iterable[Row]) -> dict[str, Row]:
     done = {}
     for row in rows:
         old = recorded.get(row["id"])
-        if old is None or any(old[k] != row[k] for k in ROW_KEYS):
+        if old is None or any(old.get(k) != row[k] for k in ROW_KEYS):  # parts older than a column: redo
             continue
         path = image_file(out_dir, row["id"])
         if path.is_file() and sha256_file(path) == old["sha256"]:

@@ -35,6 +35,7 @@ ROW_KEYS = (
     "source_path",
     "height",
     "width",
+    "cluster",
 )
 
 
@@ -123,15 +124,47 @@ def prompt_table(spec: TableSpec, sources: Sequence[tuple[str, Path]] = ()) -> l
                 "source_path": str(source_path),
                 "height": spec.height,
                 "width": spec.width,
+                "cluster": -1,
             }
         )
     return rows
 
 
+def assign_clusters(
+    rows: Sequence[Row],
+    tokens: Sequence[str],
+    sizes: Sequence[int],
+    identifier: str,
+    allocation: str,
+    source_cluster: dict[str, int],
+) -> list[Row]:
+    """Rows for a fine-tune with one identifier per cluster (column ``cluster``; -1 means none): img2img
+    rows take their source image's cluster; txt2img rows draw one from their own seed, in proportion to
+    the clusters' train images (``allocation`` size) or evenly (equal), so a row's cluster never depends
+    on how many rows there are. A cluster a user's table gives is kept. Each prompt's identifier becomes
+    its cluster's token."""
+    weights = np.asarray(sizes, dtype=float) if allocation == "size" else np.ones(len(tokens))
+    weights = weights / weights.sum()
+    out = []
+    for i, row in enumerate(rows):
+        cluster = int(row["cluster"])
+        if cluster >= len(tokens):
+            raise LeafgenError(
+                f"row {i} ({row['id']}): cluster {cluster}, but the fine-tune has {len(tokens)}"
+            )
+        if cluster < 0 and row["mode"] == "img2img" and row["source_id"] in source_cluster:
+            cluster = source_cluster[row["source_id"]]
+        elif cluster < 0:  # its own stream: the prompt template is drawn from default_rng(seed)
+            cluster = int(np.random.default_rng([row["seed"], 1]).choice(len(tokens), p=weights))
+        out.append({**row, "cluster": cluster, "prompt": row["prompt"].replace(identifier, tokens[cluster])})
+    return out
+
+
 def read_prompt_table(path: Path, spec: TableSpec, sources: Sequence[tuple[str, Path]] = ()) -> list[Row]:
     """A user's prompt table (Parquet) as rows: ``id`` and ``prompt`` are required; ``negative_prompt``,
     ``seed``, ``steps``, ``guidance``, ``mode``, ``strength`` and ``source_id`` (for img2img, a train-split
-    image of the target class) default to ``spec``. Every problem is reported with its row number."""
+    image of the target class) default to ``spec``, ``cluster`` to none (-1). Every problem is reported
+    with its row number."""
     try:
         table = pq.read_table(path).to_pylist()
     except (OSError, pa.ArrowInvalid) as exc:
@@ -164,6 +197,7 @@ def read_prompt_table(path: Path, spec: TableSpec, sources: Sequence[tuple[str, 
             "source_path": "",
             "height": spec.height,
             "width": spec.width,
+            "cluster": int(given["cluster"]) if given.get("cluster") is not None else -1,
         }
         if not row["strength"]:  # not given: drawn from the section's setting by the row's own seed
             row["strength"] = draw_strength(spec.strength, row["seed"], row["steps"])

@@ -28,6 +28,7 @@ from leafgen.data.split import read_split
 from leafgen.data.stages import dataset_root
 from leafgen.diffusion.components import absolute_if_local
 from leafgen.diffusion.finetune.adapters import EngineSettings, adapter_kind
+from leafgen.diffusion.finetune.clusters import read_clusters
 from leafgen.diffusion.generation.allocation import allocation_table, error_weights, load_pixels
 from leafgen.diffusion.generation.gate import (
     RealImages,
@@ -37,7 +38,12 @@ from leafgen.diffusion.generation.gate import (
     perceptual_hashes,
 )
 from leafgen.diffusion.generation.manifest import MANIFEST_FILE, read_manifest
-from leafgen.diffusion.generation.prompt_table import TableSpec, prompt_table, read_prompt_table
+from leafgen.diffusion.generation.prompt_table import (
+    TableSpec,
+    assign_clusters,
+    prompt_table,
+    read_prompt_table,
+)
 from leafgen.errors import ConfigError, LeafgenError
 from leafgen.labels import CLASSES
 from leafgen.stages import Stage, StageContext
@@ -180,6 +186,11 @@ def _generate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
             ),
         }
         atomic.write_json(ctx.dir / ALLOCATION_FILE, allocation)
+    clustering = read_clusters(Path(adapter).expanduser()) if adapter else None
+    if clustering is not None:  # one identifier per cluster: each row names its cluster's token
+        sources = dict(zip(clustering.ids, clustering.labels))
+        args = (clustering.tokens, clustering.sizes, clustering.identifier, g.cluster_allocation, sources)
+        rows = assign_clusters(rows, *args)
     table = render_into_stage(cfg, ctx, rows, engine_settings(cfg, adapter))
     seconds = sum(table.column("seconds").to_pylist())
     return {"manifest": f"{ctx.dir.name}/{MANIFEST_FILE}", "images": table.num_rows, "model_seconds": seconds}
@@ -260,6 +271,7 @@ _IMAGE_KEYS = tuple(
         "prompt_table",
         "adapter",
         "dtype",
+        "cluster_allocation",
     )
 )
 

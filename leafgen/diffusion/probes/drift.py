@@ -34,6 +34,7 @@ from leafgen import atomic
 from leafgen.classifier.training import input_size, load_classifier
 from leafgen.config import PipelineConfig
 from leafgen.diffusion.finetune.adapters import EngineSettings, load_generation_pipeline
+from leafgen.diffusion.finetune.clusters import instance_prompts
 from leafgen.diffusion.probes.evaluate import classifier_features, classifier_probs, generate, prompt_slug
 from leafgen.errors import StageError
 from leafgen.labels import CLASSES
@@ -73,16 +74,28 @@ class DriftSettings:
     """Images per pipeline call."""
 
 
-def probe_prompts(instance_prompt: str, class_prompt: str = "leaf", extra: Sequence[str] = ()) -> list[str]:
-    """The instance prompt first (the fine-tune's intended effect), the class prompt second (what prior
-    preservation protects), then the drift prompts and any configured ones, deduplicated."""
-    return list(dict.fromkeys([instance_prompt, class_prompt, *DRIFT_PROMPTS, *extra]))
+def probe_prompts(
+    instance_prompt: str | Sequence[str], class_prompt: str = "leaf", extra: Sequence[str] = ()
+) -> list[str]:
+    """The instance prompt first (the fine-tune's intended effect; one per cluster token of a clustered
+    fine-tune), the class prompt next (what prior preservation protects), then the drift prompts and any
+    configured ones, deduplicated."""
+    instance = [instance_prompt] if isinstance(instance_prompt, str) else list(instance_prompt)
+    return list(dict.fromkeys([*instance, class_prompt, *DRIFT_PROMPTS, *extra]))
 
 
 def is_leaf_prompt(prompt: str, measured: Sequence[str] = ()) -> bool:
     """Whether the judge's shares mean something for ``prompt``: it is one of ``measured`` (the instance
     and class prompts) or names a leaf."""
     return prompt in measured or re.search(r"\bleaf\b", prompt.lower()) is not None
+
+
+def instance_and_class(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The rows of the (first) instance prompt and of the class prompt in a ``drift.json``: the class prompt
+    is the last measured one (a clustered fine-tune measures one instance prompt per cluster first)."""
+    rows = {row["prompt"]: row for row in result["prompts"]}
+    class_prompt = result["measured"][-1] if result.get("measured") else result["prompts"][1]["prompt"]
+    return result["prompts"][0], rows[class_prompt]
 
 
 def wilson(hits: int, n: int) -> list[float]:
@@ -142,7 +155,12 @@ def probe_drift(
     out.mkdir(parents=True, exist_ok=True)
     target = CLASSES.index(target_class)
     # A list, not a dict: the JSON is written with sorted keys, and the order of prompts means something.
-    result: dict[str, Any] = {"target_class": target_class, "settings": asdict(settings), "prompts": []}
+    result: dict[str, Any] = {
+        "target_class": target_class,
+        "settings": asdict(settings),
+        "measured": list(measured),
+        "prompts": [],
+    }
     rows = []
     for prompt in tqdm(prompts, desc="drift probe", unit="prompt"):
         leaf = is_leaf_prompt(prompt, measured)
@@ -184,7 +202,8 @@ def probe_run(
     ]
     size = (cfg.base_model.resolution, cfg.base_model.width or cfg.base_model.resolution)
     db = cfg.dreambooth
-    prompts = probe_prompts(db.instance_prompt, db.class_prompt, db.drift_prompts)
+    instance = instance_prompts(db.instance_prompt, db.identifier_token, after)  # one per cluster token
+    prompts = probe_prompts(instance, db.class_prompt, db.drift_prompts)
     result = probe_drift(
         *pipes,
         judge,
@@ -194,7 +213,7 @@ def probe_run(
         size,
         out,
         settings,
-        measured=(db.instance_prompt, db.class_prompt),
+        measured=(*instance, db.class_prompt),
     )
     result.update(before=before, after=after)
     atomic.write_json(out / RESULT_FILE, result)
@@ -234,7 +253,7 @@ def _drift(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     )
     after = ctx.run.root / ctx.inputs["dreambooth"]["model_dir"]
     result = probe_run(cfg, absolute_if_local(cfg.base_model.name_or_path), str(after), ctx.dir, settings)
-    instance, cls = result["prompts"][0], result["prompts"][1]
+    instance, cls = instance_and_class(result)
     keys = ("prompt", "target_share_before", "target_share_after", "change", "change_ci95")
     return {
         "result": f"{ctx.dir.name}/{RESULT_FILE}",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import replace
 
 import pytest
@@ -12,13 +11,12 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from leafgen.config import DreamBoothConfig
-from leafgen.diffusion.finetune.data import ImageSet
 from leafgen.diffusion.finetune.dreambooth import dreambooth_loss, make_noise, prepare_models
-from leafgen.diffusion.finetune.loop import DreamBoothTrainer
 from leafgen.diffusion.finetune.output import save_dreambooth, validation_grid
 from leafgen.errors import LeafgenError
 
 from ..conftest import IDENTIFIER
+from .conftest import trainer
 
 CFG = DreamBoothConfig(
     num_class_images=4,
@@ -27,28 +25,6 @@ CFG = DreamBoothConfig(
     embedding_learning_rate=1e-2,
     max_train_steps=4,
 )
-
-
-@pytest.fixture(scope="module")
-def image_sets(tiny_dataset):
-    by_class: dict[str, list] = {}
-    with open(tiny_dataset / "train.csv") as fh:
-        for row in csv.DictReader(fh):
-            label = next(c for c in ("healthy", "multiple_diseases", "rust", "scab") if row[c] == "1")
-            by_class.setdefault(label, []).append(tiny_dataset / "images" / f"{row['image_id']}.jpg")
-    return by_class["multiple_diseases"][:4], by_class["healthy"][:4]
-
-
-def trainer(cfg, model_dir, image_sets, crop="center"):
-    instance, classes = image_sets
-    models = prepare_models(cfg, str(model_dir))
-    return DreamBoothTrainer(
-        cfg,
-        models,
-        ImageSet(instance, 16, 24, crop),
-        ImageSet(classes, 16, 24, crop) if cfg.prior_loss_weight else None,
-        torch.device("cpu"),
-    )
 
 
 def test_prior_preservation_loss_matches_a_hand_computation(tiny_model_dir):
@@ -199,11 +175,11 @@ def test_a_few_steps_lower_the_loss(tiny_model_dir, image_sets):
         state = t.generator.get_state()
         t.generator.manual_seed(123)
         with torch.no_grad():
-            latents = t._latents()
+            latents, prompts = t._batch()
             noise = make_noise(latents, t.generator)
             steps = torch.randint(100, 900, (len(latents),), generator=t.generator)
             noisy = t.models.noise_scheduler.add_noise(latents, noise, steps)
-            loss = F.mse_loss(t.unet(noisy, steps, t._text()).sample, noise).item()
+            loss = F.mse_loss(t.unet(noisy, steps, t._text(prompts)).sample, noise).item()
         t.generator.set_state(state)
         return loss
 

@@ -150,3 +150,38 @@ def test_a_bad_user_prompt_table_lists_every_problem_with_its_row(tmp_path):
 def _write_bytes(path):
     path.write_bytes(b"not parquet")
     return path
+
+
+def test_rows_of_a_clustered_fine_tune_name_their_clusters_token():
+    from leafgen.diffusion.generation.prompt_table import assign_clusters
+
+    tokens = ["<x-0>", "<x-1>"]
+    spec = replace(SPEC, num_images=400, prompts=("<x> leaf", "a photo of <x> leaf"))
+    rows = assign_clusters(prompt_table(spec), tokens, [3, 1], "<x>", "size", {})
+    assert all(
+        row["prompt"].count(tokens[row["cluster"]]) == 1 and "<x>" not in row["prompt"] for row in rows
+    )
+    share = sum(row["cluster"] == 0 for row in rows) / len(rows)
+    assert 0.68 < share < 0.82  # in proportion to the clusters' 3:1 train images (binomial 99.9%: 0.67-0.82)
+    equal = assign_clusters(prompt_table(spec), tokens, [3, 1], "<x>", "equal", {})
+    assert 0.42 < sum(row["cluster"] == 0 for row in equal) / len(equal) < 0.58
+    # A row's cluster depends on its seed only: more images keep the first ones.
+    fewer = assign_clusters(prompt_table(replace(spec, num_images=10)), tokens, [3, 1], "<x>", "size", {})
+    assert fewer == rows[:10]
+
+
+def test_img2img_rows_take_their_source_images_cluster_and_a_given_cluster_is_kept():
+    from leafgen.diffusion.generation.prompt_table import assign_clusters
+
+    sources = [(f"Train_{i}", Path(f"/data/Train_{i}.jpg")) for i in range(4)]
+    spec = replace(SPEC, mode="img2img", strength=0.5, prompts=("<x> leaf",))
+    of_source = {"Train_0": 0, "Train_1": 1, "Train_2": 1, "Train_3": 0}
+    rows = assign_clusters(prompt_table(spec, sources), ["<x-0>", "<x-1>"], [2, 2], "<x>", "size", of_source)
+    assert all(row["cluster"] == of_source[row["source_id"]] for row in rows)
+    assert all(row["prompt"] == f"<x-{row['cluster']}> leaf" for row in rows)
+    given = [{**row, "cluster": 1} for row in prompt_table(replace(SPEC, prompts=("<x> leaf",)))]
+    assert {r["cluster"] for r in assign_clusters(given, ["<x-0>", "<x-1>"], [9, 1], "<x>", "size", {})} == {
+        1
+    }
+    with pytest.raises(LeafgenError, match="cluster 2, but the fine-tune has 2"):
+        assign_clusters([{**given[0], "cluster": 2}], ["<x-0>", "<x-1>"], [1, 1], "<x>", "size", {})
