@@ -8,6 +8,7 @@ TensorBoard logs in ``ray/tensorboard``. Ray is imported only through ``leafgen.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,13 @@ from torch.utils.tensorboard import SummaryWriter
 from leafgen import atomic
 from leafgen.classifier.engine import ArrayDataset, eval_transform, predict_probs
 from leafgen.classifier.metrics import classification_metrics, save_confusion_matrix
-from leafgen.classifier.training import META_FILE, MODEL_FILE, input_size, load_classifier
+from leafgen.classifier.training import (
+    META_FILE,
+    MODEL_FILE,
+    export_weights,
+    input_size,
+    load_classifier,
+)
 from leafgen.config import PipelineConfig
 from leafgen.data.cache import ensure_cached
 from leafgen.data.images import image_path
@@ -33,12 +40,13 @@ from leafgen.stages import Stage, StageContext
 
 CACHE_DIR = "cache"
 TEST_PROBS = "test_probs.npy"
+METRICS_FILE = "metrics.json"
 
 
 def cache_split_arrays(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Path]:
     """Decode each split once into the run's cache; labels go beside the stage. Returns .npy paths."""
     root = dataset_root(cfg, ctx.inputs["dataset"], ctx.run.root)
-    split = read_split(ctx.run.root / ctx.inputs["split"]["split_csv"])
+    split = read_split(ctx.input_path("split", "split_csv"))
     arrays: dict[str, Path] = {}
     for name in ("train", "val", "test"):
         ids, labels = zip(*split[name])
@@ -71,17 +79,24 @@ def train_and_export(
 ) -> dict[str, Any]:
     """Train on Ray into ``out/ray`` (resuming an interrupted run there), export the best checkpoint to
     ``out/model`` and measure it on the held-out test split; writes ``metrics.json`` and the test
-    probabilities (``test_probs.npy``) and returns the metrics. ``run``: the run's open storage."""
+    probabilities (``test_probs.npy``) and returns the metrics. ``run``: the run's open storage. Then the
+    Ray checkpoints are pruned (unless ``classifier.keep_checkpoints_after_export``)."""
+    from leafgen.distributed.torch_trainer import prune_checkpoints
     from leafgen.distributed.train_classifier import read_history, train_on_ray
 
+    run = run or RunStorage.open(cfg.run_dir)
+    if (out / METRICS_FILE).is_file():  # exported and measured before an interruption: never train again
+        if not cfg.classifier.keep_checkpoints_after_export:
+            prune_checkpoints(out / "ray", run)
+        return json.loads((out / METRICS_FILE).read_text())
     result = train_on_ray(cfg, arrays, out / "ray", run=run)
     best = result.get_best_checkpoint(cfg.classifier.checkpoint_metric, "max")
     model_dir = out / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
     with best.as_directory() as src:
         model_dir.mkdir(parents=True)
-        for name in (MODEL_FILE, META_FILE):
-            shutil.copy2(Path(src) / name, model_dir / name)
+        shutil.copy2(Path(src) / META_FILE, model_dir / META_FILE)
+        export_weights(Path(src) / MODEL_FILE, model_dir / MODEL_FILE)  # float16: the test probs use them
     _, meta = load_classifier(model_dir)
     probs = predict_split(model_dir, np.load(arrays["test_images"], mmap_mode="r"), cfg.classifier.flip_tta)
     with atomic.atomic_path(out / TEST_PROBS) as tmp:
@@ -89,11 +104,13 @@ def train_and_export(
     test = classification_metrics(np.load(arrays["test_labels"]), probs, cfg.data.target_class)
     history = read_history(out / "ray")
     metrics = {"best_epoch": meta["epoch"] + 1, "best_val": meta["metrics"], "test": test, "history": history}
-    atomic.write_json(out / "metrics.json", metrics)
     with SummaryWriter(str(out / "ray" / "tensorboard")) as writer:
         for key, value in test.items():
             if key != "confusion_matrix":
                 writer.add_scalar(f"test/{key}", value, meta["epoch"] + 1)
+    atomic.write_json(out / METRICS_FILE, metrics)  # last: the export is complete
+    if not cfg.classifier.keep_checkpoints_after_export:
+        prune_checkpoints(out / "ray", run)
     return metrics
 
 

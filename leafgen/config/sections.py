@@ -101,6 +101,11 @@ class ClassifierConfig:
     """Validation metric (maximised) that picks the best checkpoint, e.g. val/target_recall."""
     keep_checkpoints: int = 2
     """Checkpoints kept on storage (the best ones by ``checkpoint_metric``)."""
+    keep_checkpoints_after_export: bool = False
+    """Keep Ray Train's checkpoints (weights with optimiser state: ~130 MB each for a ResNet18) once the
+    best model is exported and measured. False: they are deleted then, here and in the run's bucket; an
+    unfinished training keeps them and resumes from them. Not part of the stage key: changing it redoes
+    nothing."""
     max_failures: int = 2
     """Worker failures Ray Train recovers from (restarting from the last checkpoint) before giving up."""
     flip_tta: bool = False

@@ -24,6 +24,7 @@ from leafgen.config import PipelineConfig
 from leafgen.distributed.torch_trainer import (
     RankZeroLog,
     build_trainer,
+    fit_trainer,
     read_rank_zero_history,
     reporter,
     worker_session,
@@ -109,4 +110,4 @@ def train_on_ray(
         [EpochMetrics(storage, c.epochs, cfg.data.target_class), *callbacks],
         run,
     )
-    return trainer.fit()
+    return fit_trainer(trainer)

@@ -24,6 +24,7 @@ from leafgen.diffusion.finetune.train import fit_dreambooth
 from leafgen.distributed.torch_trainer import (
     RankZeroLog,
     build_trainer,
+    fit_trainer,
     read_rank_zero_history,
     reporter,
     worker_session,
@@ -107,6 +108,6 @@ def train_dreambooth_on_ray(
         [StepMetrics(storage, db.max_train_steps, run)],
         run,
     )
-    result = trainer.fit()
+    result = fit_trainer(trainer)
     run.pull(validation_dir)
     return result

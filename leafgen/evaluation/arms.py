@@ -109,7 +109,7 @@ def _trained_elsewhere(cfg: PipelineConfig, ctx: StageContext) -> dict[tuple[str
     """(arm, seed) -> exported model of a stage that already trained that arm's recipe with that seed:
     the gating classifier (baseline, ``classifier.seed``) and the judge (``eval.judge_recipe``,
     ``eval.judge_seed``)."""
-    path = {stage: ctx.run.root / ctx.inputs[stage]["model_dir"] for stage in ("classifier", "judge")}
+    path = {stage: ctx.input_path(stage, "model_dir") for stage in ("classifier", "judge")}
     reusable = {(cfg.eval.judge_recipe, cfg.eval.judge_seed): path["judge"]}
     if not (cfg.classifier.balanced_sampling or cfg.classifier.class_weighted_loss):
         reusable[("baseline", cfg.classifier.seed)] = path["classifier"]  # else another recipe
@@ -133,7 +133,7 @@ def _real_arms(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
 def mixed_arrays(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Path]:
     """The split's cached arrays with the train set replaced by the ``mix`` stage's real + synthetic set."""
     arrays = cache_split_arrays(cfg, ctx)
-    mixed = read_mix(ctx.run.root / ctx.inputs["mix"]["mix_csv"])
+    mixed = read_mix(ctx.input_path("mix", "mix_csv"))
     arrays["train_images"] = ensure_cached(
         [path for *_, path in mixed],
         input_size(cfg.classifier),

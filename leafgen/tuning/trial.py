@@ -9,6 +9,7 @@ only the final evaluation of the best configuration uses.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,15 @@ METRICS_FILE = "metrics.json"
 
 
 def _fit(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    from leafgen.distributed.torch_trainer import prune_checkpoints
     from leafgen.distributed.train_classifier import read_history, train_on_ray
     from leafgen.distributed.trial_context import trial_callbacks
 
+    keep = cfg.classifier.keep_checkpoints_after_export
+    if (ctx.dir / METRICS_FILE).is_file():  # finished before an interruption: never train again
+        if not keep:
+            prune_checkpoints(ctx.dir / "ray", ctx.run.storage)
+        return {k: v for k, v in json.loads((ctx.dir / METRICS_FILE).read_text()).items() if k != "history"}
     arrays = mixed_arrays(cfg, ctx)
     arm_cfg = arm_config(cfg, "augmented", cfg.classifier.seed)
     train_on_ray(arm_cfg, arrays, ctx.dir / "ray", callbacks=trial_callbacks(), run=ctx.run.storage)
@@ -45,6 +52,8 @@ def _fit(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
         ],
     }
     atomic.write_json(ctx.dir / METRICS_FILE, outputs)
+    if not keep:
+        prune_checkpoints(ctx.dir / "ray", ctx.run.storage)
     return {k: v for k, v in outputs.items() if k != "history"}
 
 

@@ -10,6 +10,7 @@ learned embeddings, or a pipeline folder), with validation grids per step in ``v
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from leafgen.diffusion.generation.stages import (
 from leafgen.stages import Stage, StageContext
 
 MODEL_DIR = "model"
+SUMMARY_FILE = "summary.json"
 
 
 def _class_images(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
@@ -48,14 +50,19 @@ def _class_images(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
 
 def _dreambooth(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     from leafgen.diffusion.finetune.train import export_checkpoint
+    from leafgen.distributed.torch_trainer import prune_checkpoints
     from leafgen.distributed.train_dreambooth import read_history, train_dreambooth_on_ray
 
+    keep = cfg.dreambooth.keep_checkpoints_after_export
+    if (ctx.dir / SUMMARY_FILE).is_file():  # exported before an interruption: never train again
+        if not keep:
+            prune_checkpoints(ctx.dir / "ray", ctx.run.storage)
+        return json.loads((ctx.dir / SUMMARY_FILE).read_text())
     instance = [path for _, path in train_sources(cfg, ctx)]
-    manifest = ctx.inputs["class_images"]["manifest"]
     classes = []
-    if manifest:  # manifest rows name files relative to the manifest's folder
-        folder = (ctx.run.root / manifest).parent
-        classes = [folder / row["file"] for row in read_manifest(ctx.run.root / manifest)]
+    if ctx.inputs["class_images"]["manifest"]:  # rows name files relative to the manifest's folder
+        manifest = ctx.input_path("class_images", "manifest")
+        classes = [manifest.parent / row["file"] for row in read_manifest(manifest)]
     base = absolute_if_local(cfg.base_model.name_or_path)
     result = train_dreambooth_on_ray(
         cfg, base, instance, classes, ctx.dir / "ray", ctx.dir / "validation", run=ctx.run.storage
@@ -77,7 +84,9 @@ def _dreambooth(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
         "final_loss": {k: last[k] for k in ("loss", "loss/instance", "loss/prior")},
         "validation_grids": sorted(p.name for p in (ctx.dir / "validation").glob("step_*.png")),
     }
-    atomic.write_json(ctx.dir / "summary.json", summary)
+    atomic.write_json(ctx.dir / SUMMARY_FILE, summary)  # last: the export is complete
+    if not keep:
+        prune_checkpoints(ctx.dir / "ray", ctx.run.storage)
     return summary
 
 

@@ -1,0 +1,141 @@
+"""``leafgen verify RUN_DIR [--fix]``: every complete stage's files against the hashes its marker recorded.
+
+Each stage of the run gets one row: how many files its marker lists, how many are intact, missing or
+changed, and a status:
+
+- ``ok``: every listed file has its recorded size and hash;
+- ``damaged``: some are missing or changed (each one is named below the table);
+- ``broken marker``: ``_complete.json`` exists but cannot be read, so the stage counts as not done;
+- ``unverified``: a marker written before markers listed their files; the stage counts as done;
+- ``incomplete``: the stage started and did not finish (the next run resumes it); not an error.
+
+The exit code is 1 when a stage is damaged or has a broken marker, else 0. For an object-store run
+(``s3://...``) the bucket's copies are checked, not this machine's mirror.
+
+``--fix`` reruns the run's own pipeline (its ``config.yaml``) over the stages it had reached: the stage
+contract redoes the damaged stages, and their dependants when the redone files differ, and skips the rest;
+then the run is verified again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from leafgen.integrity.outputs import FILES, STARTED, Problem, check
+from leafgen.run_storage import LAST
+from leafgen.stages import RunDir, Stage, stage_key
+
+
+@dataclass
+class StageStatus:
+    stage: str
+    status: str
+    """ok, damaged, broken marker, unverified or incomplete."""
+    files: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def wrong(self) -> bool:
+        return self.status in ("damaged", "broken marker")
+
+    def count(self, kind: str) -> int:
+        return sum(p.kind == kind for p in self.problems)
+
+
+def _stage_lists() -> tuple[Sequence[Stage], Sequence[Stage], Sequence[Stage]]:
+    from leafgen.pipeline import GENERATION_STAGES, STAGES
+    from leafgen.tuning.trial import TRIAL_STAGES
+
+    return STAGES, GENERATION_STAGES, TRIAL_STAGES
+
+
+def stage_names() -> list[str]:
+    """Every stage a run directory may hold, in pipeline order."""
+    return list(dict.fromkeys(s.name for stages in _stage_lists() for s in stages))
+
+
+def _exists(run: RunDir, path: Path) -> bool:
+    return run.storage.exists(path) if run.storage.remote else path.is_file()
+
+
+def verify_run(run: RunDir, progress: bool = True) -> list[StageStatus]:
+    """One status per stage the run holds (complete, broken or started), in pipeline order."""
+    statuses = []
+    markers = {}
+    for name in stage_names():
+        marker = run.marker(name)
+        if marker is None:
+            if _exists(run, run.stage_dir(name) / LAST):
+                statuses.append(StageStatus(name, "broken marker"))
+            elif _exists(run, run.stage_dir(name) / STARTED):
+                statuses.append(StageStatus(name, "incomplete"))
+            continue
+        markers[name] = marker
+        statuses.append(StageStatus(name, "unverified" if FILES not in marker else "ok"))
+    total = sum(len(m.get(FILES, {})) for m in markers.values())
+    with tqdm(total=total, desc="verifying", unit="file", disable=not progress or None) as bar:
+        for status in statuses:
+            marker = markers.get(status.stage)
+            if marker is None or FILES not in marker:
+                continue
+            status.files = len(marker[FILES])
+            status.problems = check(run, status.stage, marker, content=True, progress=bar.update)
+            status.status = "damaged" if status.problems else "ok"
+    return statuses
+
+
+def format_table(statuses: Sequence[StageStatus]) -> str:
+    header = f"{'stage':<14} {'files':>7} {'ok':>7} {'missing':>8} {'changed':>8}  status"
+    lines = [header, "-" * len(header)]
+    for s in statuses:
+        ok = s.files - len(s.problems) if s.status in ("ok", "damaged") else "-"
+        counts = (s.count("missing"), s.count("changed")) if s.files else ("-", "-")
+        files = s.files if s.files else "-"
+        lines.append(f"{s.stage:<14} {files:>7} {ok:>7} {counts[0]:>8} {counts[1]:>8}  {s.status}")
+    for s in statuses:
+        lines += [f"  {p}" for p in s.problems]
+    return "\n".join(lines)
+
+
+def _pipeline_of(run: RunDir, cfg, held: set[str]) -> Sequence[Stage]:
+    """The stage list that wrote the run: a Tune trial's, or the pipeline's unless its ``generate``
+    marker holds the key of ``leafgen generate``'s variant (images from the base model)."""
+    from leafgen.errors import LeafgenError
+
+    stages, generation, trial = _stage_lists()
+    if "trial_fit" in held:
+        return trial
+    marker = run.marker("generate")
+    if marker is not None:
+        for candidate in (stages, generation):
+            try:
+                if stage_key(next(s for s in candidate if s.name == "generate"), cfg, run) == marker["key"]:
+                    return candidate
+            except LeafgenError:  # an upstream marker is broken: the pipeline's list then
+                break
+    return stages
+
+
+def fix_run(run_dir: str, overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> None:
+    """Rerun the run's pipeline, from its own ``config.yaml``, over the stages it had reached."""
+    from leafgen.config import load_config
+    from leafgen.errors import LeafgenError
+    from leafgen.pipeline import run_pipeline
+
+    run = RunDir(run_dir)
+    config = run.root / "config.yaml"
+    run.storage.pull(config)
+    if not config.is_file():
+        raise LeafgenError(f"{run_dir}: no config.yaml, so not a run directory leafgen wrote; nothing to fix")
+    cfg = load_config(config, [*overrides, f"run_dir={run_dir}"])
+    held = {s.stage for s in verify_run(run, progress=False) if s.status != "incomplete"}
+    stages = _pipeline_of(run, cfg, held)
+    names = [s.name for s in stages]
+    reached = max((names.index(n) for n in held if n in names), default=-1)
+    if reached < 0:
+        raise LeafgenError(f"{run_dir}: no stage has completed yet; run the pipeline instead")
+    run_pipeline(cfg, only=names[: reached + 1], stages=stages, log=log)
