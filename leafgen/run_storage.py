@@ -144,6 +144,13 @@ class RunStorage:
         remote = self.remote_path(path)
         return {Path(i.path).relative_to(remote).as_posix(): i.size for i in self._tree(remote)}
 
+    def folders(self, path: Path) -> list[str]:
+        """Names of the folders right under ``path`` where the run lives."""
+        entries = self._call(
+            self.fs.get_file_info, pafs.FileSelector(self.remote_path(path), allow_not_found=True)
+        )
+        return sorted(Path(i.path).name for i in entries if i.type == pafs.FileType.Directory)
+
     def open_input(self, path: Path):
         """A seekable stream of ``path``'s copy where the run lives."""
         return self._call(self.fs.open_input_file, self.remote_path(path))

@@ -78,12 +78,17 @@ class StageContext:
                 self.run, stage, marker, content=True, under=under, where_run_lives=False
             )
         if damaged or not path.exists():
-            raise StageError(
-                f"{damaged[0] if damaged else f'{rel} is missing'}: stage {self.dir.name!r} cannot use what "
-                f"stage {stage!r} wrote; repair the run with: leafgen verify --fix "
-                f"{self.run.storage.uri or self.run.root}"
-            )
+            why = str(damaged[0]) if damaged else f"{rel} is missing"
+            raise damaged_input(self.run, self.dir.name, stage, why)
         return path
+
+
+def damaged_input(run: RunDir, reader: str, stage: str, why: str) -> StageError:
+    """The error of a stage that finds what an upstream stage wrote damaged: the file, and the repair."""
+    return StageError(
+        f"{why}: stage {reader!r} cannot use what stage {stage!r} wrote; repair the run with: "
+        f"leafgen verify --fix {run.storage.uri or run.root}"
+    )
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,10 @@ def run_stage(
 
     if stage.check is not None:
         stage.check(cfg)
+    for name in stage.inputs:  # sizes only, before anything is cleared; readers check hashes
+        damaged = recorded.check(run, name, run.marker(name) or {})
+        if damaged:
+            raise damaged_input(run, stage.name, name, str(damaged[0]))
     started = directory / STARTED
     storage.pull(started)
     resumable = started.is_file() and json.loads(started.read_text()).get("key") == key and not force

@@ -59,7 +59,7 @@ class RunImageGenerator(ImageGenerator):
         return str(self.run.localize(path)) if path else path
 
 
-class GuardedGenerator:
+class GuardedImageGenerator:
     """What each actor runs: an :class:`ImageGenerator` (a :class:`RunImageGenerator` for a run on object
     storage) whose ``LeafgenError`` (a model that will not load, a source image it cannot read) comes back
     as a batch holding only the message: the driver raises it once, where Ray would restart the actor,
@@ -129,7 +129,7 @@ def generate_on_ray(
         DataContext.get_current().enable_progress_bars = False
         # One block per batch: Ray Data then hands each actor whole batches without re-bundling rows.
         dataset = ray.data.from_items(todo, override_num_blocks=batches).map_batches(
-            GuardedGenerator,
+            GuardedImageGenerator,
             fn_constructor_kwargs={
                 "remote": remote,
                 "engine": asdict(engine),

@@ -53,39 +53,40 @@ def _stage_lists() -> tuple[Sequence[Stage], Sequence[Stage], Sequence[Stage]]:
     return STAGES, GENERATION_STAGES, TRIAL_STAGES
 
 
-def stage_names() -> list[str]:
-    """Every stage a run directory may hold, in pipeline order."""
-    return list(dict.fromkeys(s.name for stages in _stage_lists() for s in stages))
-
-
 def _exists(run: RunDir, path: Path) -> bool:
     return run.storage.exists(path) if run.storage.remote else path.is_file()
 
 
+def stage_folders(run: RunDir) -> list[str]:
+    """The run's top-level folders, where the run lives (found without importing the pipeline)."""
+    if run.storage.remote:
+        return run.storage.folders(run.root)
+    return sorted(p.name for p in run.root.iterdir() if p.is_dir()) if run.root.is_dir() else []
+
+
 def verify_run(run: RunDir, progress: bool = True) -> list[StageStatus]:
-    """One status per stage the run holds (complete, broken or started), in pipeline order."""
-    statuses = []
-    markers = {}
-    for name in stage_names():
+    """One status per stage folder the run holds (complete, broken or started), in the order the stages
+    completed (their markers' times; the others last)."""
+    found: list[tuple[float, StageStatus, dict | None]] = []
+    for name in stage_folders(run):
         marker = run.marker(name)
-        if marker is None:
-            if _exists(run, run.stage_dir(name) / LAST):
-                statuses.append(StageStatus(name, "broken marker"))
-            elif _exists(run, run.stage_dir(name) / STARTED):
-                statuses.append(StageStatus(name, "incomplete"))
-            continue
-        markers[name] = marker
-        statuses.append(StageStatus(name, "unverified" if FILES not in marker else "ok"))
-    total = sum(len(m.get(FILES, {})) for m in markers.values())
+        if marker is not None:
+            status = StageStatus(name, "unverified" if FILES not in marker else "ok")
+            found.append(((run.stage_dir(name) / LAST).stat().st_mtime, status, marker))
+        elif _exists(run, run.stage_dir(name) / LAST):
+            found.append((float("inf"), StageStatus(name, "broken marker"), None))
+        elif _exists(run, run.stage_dir(name) / STARTED):
+            found.append((float("inf"), StageStatus(name, "incomplete"), None))
+    found.sort(key=lambda item: item[0])
+    total = sum(len(m.get(FILES, {})) for _, _, m in found if m)
     with tqdm(total=total, desc="verifying", unit="file", disable=not progress or None) as bar:
-        for status in statuses:
-            marker = markers.get(status.stage)
+        for _, status, marker in found:
             if marker is None or FILES not in marker:
                 continue
             status.files = len(marker[FILES])
             status.problems = check(run, status.stage, marker, content=True, progress=bar.update)
             status.status = "damaged" if status.problems else "ok"
-    return statuses
+    return [status for _, status, _ in found]
 
 
 def format_table(statuses: Sequence[StageStatus]) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from leafgen import atomic
 from leafgen.config import PipelineConfig, fingerprint, to_dict
 from leafgen.errors import ConfigError
+from leafgen.integrity.preflight import preflight
 from leafgen.pipeline import run_pipeline
 from leafgen.run_storage import is_uri
 from leafgen.stage_store import StageStore
@@ -82,6 +83,7 @@ def run_search(
     from leafgen.distributed.tune import run_tuner
 
     params = parse_space(cfg, TRIAL_STAGES)
+    preflight(cfg, TRIAL_STAGES)  # every trial's checks and outside inputs, before the shared stages run
     if is_uri(cfg.run_dir):
         raise ConfigError(
             f"run_dir {cfg.run_dir!r}: a search shares stage outputs between trials through file locks and "
