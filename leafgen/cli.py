@@ -108,10 +108,9 @@ def _cmd_probe_drift(args: argparse.Namespace) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from leafgen.integrity.verify import fix_run, format_table, verify_run
-    from leafgen.stages import RunDir
+    from leafgen.integrity.verify import fix_run, format_table, open_run, verify_run
 
-    run = RunDir(args.run_dir)
+    run = open_run(args.run_dir)
     if args.fix:
         fix_run(args.run_dir, args.overrides)
     statuses = verify_run(run)

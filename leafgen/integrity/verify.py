@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from leafgen.errors import LeafgenError
 from leafgen.integrity.outputs import FILES, STARTED, Problem, check
 from leafgen.run_storage import LAST
 from leafgen.stages import RunDir, Stage, stage_key
@@ -62,6 +63,14 @@ def stage_folders(run: RunDir) -> list[str]:
     if run.storage.remote:
         return run.storage.folders(run.root)
     return sorted(p.name for p in run.root.iterdir() if p.is_dir()) if run.root.is_dir() else []
+
+
+def open_run(run_dir: str) -> RunDir:
+    """The run at ``run_dir``; a folder leafgen did not write (no ``config.yaml``) is an error."""
+    run = RunDir(run_dir)
+    if not _exists(run, run.root / "config.yaml"):
+        raise LeafgenError(f"{run_dir}: not a run directory (no config.yaml); give the run_dir of a run")
+    return run
 
 
 def verify_run(run: RunDir, progress: bool = True) -> list[StageStatus]:
@@ -105,8 +114,6 @@ def format_table(statuses: Sequence[StageStatus]) -> str:
 def _pipeline_of(run: RunDir, cfg, held: set[str]) -> Sequence[Stage]:
     """The stage list that wrote the run: a Tune trial's, or the pipeline's unless its ``generate``
     marker holds the key of ``leafgen generate``'s variant (images from the base model)."""
-    from leafgen.errors import LeafgenError
-
     stages, generation, trial = _stage_lists()
     if "trial_fit" in held:
         return trial
@@ -124,14 +131,11 @@ def _pipeline_of(run: RunDir, cfg, held: set[str]) -> Sequence[Stage]:
 def fix_run(run_dir: str, overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> None:
     """Rerun the run's pipeline, from its own ``config.yaml``, over the stages it had reached."""
     from leafgen.config import load_config
-    from leafgen.errors import LeafgenError
     from leafgen.pipeline import run_pipeline
 
-    run = RunDir(run_dir)
+    run = open_run(run_dir)
     config = run.root / "config.yaml"
     run.storage.pull(config)
-    if not config.is_file():
-        raise LeafgenError(f"{run_dir}: no config.yaml, so not a run directory leafgen wrote; nothing to fix")
     cfg = load_config(config, [*overrides, f"run_dir={run_dir}"])
     held = {s.stage for s in verify_run(run, progress=False) if s.status != "incomplete"}
     stages = _pipeline_of(run, cfg, held)
