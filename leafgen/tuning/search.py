@@ -83,13 +83,13 @@ def run_search(
     from leafgen.distributed.tune import run_tuner
 
     params = parse_space(cfg, TRIAL_STAGES)
-    preflight(cfg, TRIAL_STAGES)  # every trial's checks and outside inputs, before the shared stages run
     if is_uri(cfg.run_dir):
         raise ConfigError(
             f"run_dir {cfg.run_dir!r}: a search shares stage outputs between trials through file locks and "
             "links, which object storage lacks; give it a path every node mounts (NFS, EFS, Filestore) "
             "and put tune.storage_path on object storage if you like"
         )
+    preflight(cfg, TRIAL_STAGES)  # every trial's checks and outside inputs, before the shared stages run
     root = RunDir(cfg.run_dir).root
     _check_same_search(cfg, root)
     store = StageStore(root / "stages")
