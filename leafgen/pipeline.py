@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from leafgen.classifier.stage import CLASSIFIER, JUDGE
 from leafgen.config import PipelineConfig
@@ -67,11 +67,12 @@ def run_pipeline(
     stages: Sequence[Stage] = STAGES,
     store: StageStore | None = None,
     checked: bool = False,
+    redo: Collection[str] = (),
 ) -> list[StageResult]:
-    """Run the selected stages in order; ``force`` redoes them even when their markers match. With a
-    ``store``, stage outputs live there and are shared with every run of the same stage key. First, every
-    selected stage's check and outside input is checked at once (``leafgen.integrity.preflight``),
-    unless the caller did (``checked``)."""
+    """Run the selected stages in order; ``force`` redoes them even when their markers match, ``redo``
+    names stages to redo that way. With a ``store``, stage outputs live there and are shared with every
+    run of the same stage key. First, every selected stage's check and outside input is checked at once
+    (``leafgen.integrity.preflight``), unless the caller did (``checked``)."""
     selected = select_stages(only, start, stages)
     if not checked:
         preflight(cfg, selected)
@@ -81,10 +82,11 @@ def run_pipeline(
         store.attach(run)
     results = []
     for stage in selected:
+        again = force or stage.name in redo
         if store is not None:
-            result = store.run(stage, cfg, run, force=force, log=log)
+            result = store.run(stage, cfg, run, force=again, log=log)
         else:
-            result = run_stage(stage, cfg, run, force=force, log=log)
+            result = run_stage(stage, cfg, run, force=again, log=log)
         how = "skipped (up to date)" if result.skipped else f"done in {result.seconds:.1f}s"
         if stage.summary is not None:
             how += f": {stage.summary(result.outputs)}"

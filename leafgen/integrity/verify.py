@@ -12,9 +12,10 @@ changed, and a status:
 The exit code is 1 when a stage is damaged or has a broken marker, else 0. For an object-store run
 (``s3://...``) the bucket's copies are checked, not this machine's mirror.
 
-``--fix`` reruns the run's own pipeline (its ``config.yaml``) over the stages it had reached: the stage
-contract redoes the damaged stages, and their dependants when the redone files differ, and skips the rest;
-then the run is verified again.
+``--fix`` reruns the run's own pipeline (its ``config.yaml``) over the stages it had reached, redoing the
+damaged stages (a changed file of the same size included, which a rerun's size check alone would pass)
+and, by the stage contract, their dependants when the redone files differ; the rest is skipped. Then the
+run is verified again.
 """
 
 from __future__ import annotations
@@ -137,10 +138,17 @@ def fix_run(run_dir: str, overrides: Sequence[str] = (), log: Callable[[str], No
     config = run.root / "config.yaml"
     run.storage.pull(config)
     cfg = load_config(config, [*overrides, f"run_dir={run_dir}"])
-    held = {s.stage for s in verify_run(run, progress=False) if s.status != "incomplete"}
+    statuses = verify_run(run)
+    held = {s.stage for s in statuses if s.status != "incomplete"}
     stages = _pipeline_of(run, cfg, held)
     names = [s.name for s in stages]
     reached = max((names.index(n) for n in held if n in names), default=-1)
     if reached < 0:
         raise LeafgenError(f"{run_dir}: no stage has completed yet; run the pipeline instead")
-    run_pipeline(cfg, only=names[: reached + 1], stages=stages, log=log)
+    # A file of the same size with other content passes a rerun's size check: such stages are forced.
+    damaged = {s.stage for s in statuses if s.status == "damaged"}
+    for s in statuses:
+        if s.stage in damaged:
+            more = f" (and {len(s.problems) - 1} more file(s))" if len(s.problems) > 1 else ""
+            log(f"[{s.stage}] redoing: {s.problems[0]}{more}")
+    run_pipeline(cfg, only=names[: reached + 1], stages=stages, log=log, redo=damaged)

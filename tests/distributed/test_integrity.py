@@ -48,20 +48,25 @@ def test_verify_names_each_damage_and_fix_redoes_exactly_what_it_must(pipeline_r
     (run_dir / "split" / "split.csv").unlink()
     marker = run_dir / "gate" / COMPLETE
     marker.write_text(marker.read_text()[:40])
+    comparison = run_dir / "evaluate" / "comparison.json"  # the same size: a rerun alone would trust it
+    comparison.write_text(comparison.read_text().replace('"seeds"', '"seedz"', 1))
 
     assert main(["verify", str(run_dir)]) == 1
     out = capsys.readouterr().out
     assert "split/split.csv is missing" in out
+    assert "evaluate/comparison.json has other content than the stage wrote" in out
     assert any(line.startswith("gate ") and line.endswith("broken marker") for line in out.splitlines())
 
     assert main(["verify", "--fix", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "[split] redoing: split/split.csv is missing" in out
+    assert "[evaluate] redoing: evaluate/comparison.json has other content" in out
     after = _markers(run_dir)
     changed = {s for s in after if after[s][DIGEST] != before[s][DIGEST]}
     for stage in STAGES:  # redone: damaged, or an input's files came out different
         redone = f"[{stage.name}] done in" in out
-        assert redone == (stage.name in {"split", "gate"} or bool(changed & set(stage.inputs))), stage.name
+        damaged = stage.name in {"split", "gate", "evaluate"}
+        assert redone == (damaged or bool(changed & set(stage.inputs))), stage.name
     assert "split" not in changed and "[classifier] skipped (up to date)" in out  # the split is deterministic
     assert main(["verify", str(run_dir)]) == 0
 
