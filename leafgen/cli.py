@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from leafgen.errors import LeafgenError
+from leafgen.errors import LeafgenError, message_lines
 
 
 def _run_root(cfg) -> Path:
@@ -70,9 +70,10 @@ def _run_stage_group(args: argparse.Namespace, group: str, targets: tuple[str, .
 
     cfg = load_config(args.config, args.overrides)
     stages = getattr(pipeline, group)
+    pipeline.preflight(cfg, stages)  # the targets' checks too, before the first prerequisite runs
     before = tuple(s.name for s in stages if s.name not in targets)
-    pipeline.run_pipeline(cfg, only=before, argv=sys.argv, stages=stages)
-    pipeline.run_pipeline(cfg, only=targets, force=args.force, argv=sys.argv, stages=stages)
+    pipeline.run_pipeline(cfg, only=before, argv=sys.argv, stages=stages, checked=True)
+    pipeline.run_pipeline(cfg, only=targets, force=args.force, argv=sys.argv, stages=stages, checked=True)
     return _run_root(cfg)
 
 
@@ -107,6 +108,27 @@ def _cmd_probe_drift(args: argparse.Namespace) -> None:
     )
     print(format_drift(probe_run(cfg, before, str(after), out, settings)))
     print(f"grids and {out / 'drift.json'} written")
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from leafgen.integrity.verify import fix_run, format_table, open_run, verify_run
+
+    run = open_run(args.run_dir)
+    if args.fix:
+        fix_run(args.run_dir, args.overrides)
+    statuses = verify_run(run)
+    print(format_table(statuses))
+    wrong = [s.stage for s in statuses if s.wrong]
+    if wrong:
+        print(
+            f"damaged: {', '.join(wrong)}; redo them (and what depends on them) with: "
+            f"leafgen verify --fix {args.run_dir}"
+        )
+        return 1
+    unverified = [s.stage for s in statuses if s.status == "unverified"]
+    if unverified:
+        print(f"unverified (written before markers listed their files): {', '.join(unverified)}")
+    return 0
 
 
 def _cmd_base_model(args: argparse.Namespace) -> None:
@@ -242,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--force", action="store_true", help=f"{again} even if complete")
         cmd.set_defaults(func=func)
 
+    verify = sub.add_parser(
+        "verify", help="check every complete stage's files against the hashes its marker recorded"
+    )
+    verify.add_argument("run_dir", help="run directory: a path or an object-store URI (s3://...)")
+    verify.add_argument(
+        "--fix",
+        action="store_true",
+        help="first rerun the pipeline (the run's config.yaml) to redo damaged stages and their dependants",
+    )
+    verify.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="with --fix: overrides, e.g. ray.num_cpus=2"
+    )
+    verify.set_defaults(func=_cmd_verify)
+
     drift = sub.add_parser(
         "probe-drift", help="language-drift probe: the same prompts and seeds before and after DreamBooth"
     )
@@ -340,14 +376,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
-        args.func(args)
+        code = args.func(args)
     except LeafgenError as exc:
-        print(f"leafgen: error: {exc}", file=sys.stderr)
+        for line in message_lines(exc):
+            print(f"leafgen: error: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("leafgen: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -38,3 +38,24 @@ class DataValidationError(LeafgenError):
 
 class StageError(LeafgenError):
     """A pipeline stage cannot run, e.g. because a stage it needs has not completed."""
+
+
+class PreflightError(LeafgenError):
+    """Problems found before the first stage ran; the CLI prints one line per problem."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __reduce__(self):  # crosses Ray's process boundaries whole (a Tune trial raises it)
+        return type(self), (self.problems,), self.__dict__
+
+
+def message_lines(exc: LeafgenError) -> list[str]:
+    """What the user is told: each pre-flight problem on its own line, else the message, prefixed with
+    the stage that raised it (``run_stage`` records it) and followed by the Ray worker that did, if one
+    did (``leafgen.distributed.errors``)."""
+    if isinstance(exc, PreflightError):
+        return exc.problems
+    stage, where = getattr(exc, "stage", None), getattr(exc, "where", None)
+    return [(f"[{stage}] " if stage else "") + str(exc) + (f" (in a {where})" if where else "")]

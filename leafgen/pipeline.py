@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from leafgen.classifier.stage import CLASSIFIER, JUDGE
 from leafgen.config import PipelineConfig
@@ -15,6 +15,7 @@ from leafgen.errors import StageError
 from leafgen.evaluation.arms import ARMS_STAGE, RETRAIN
 from leafgen.evaluation.mix_stage import MIX
 from leafgen.evaluation.stage import EVALUATE
+from leafgen.integrity.preflight import preflight
 from leafgen.report.stage import REPORT
 from leafgen.stage_store import StageStore
 from leafgen.stages import RunDir, Stage, StageResult, run_stage
@@ -68,19 +69,27 @@ def run_pipeline(
     argv: list[str] | None = None,
     stages: Sequence[Stage] = STAGES,
     store: StageStore | None = None,
+    checked: bool = False,
+    redo: Collection[str] = (),
 ) -> list[StageResult]:
-    """Run the selected stages in order; ``force`` redoes them even when their markers match. With a
-    ``store``, stage outputs live there and are shared with every run of the same stage key."""
+    """Run the selected stages in order; ``force`` redoes them even when their markers match, ``redo``
+    names stages to redo that way. With a ``store``, stage outputs live there and are shared with every
+    run of the same stage key. First, every selected stage's check and outside input is checked at once
+    (``leafgen.integrity.preflight``), unless the caller did (``checked``)."""
+    selected = select_stages(only, start, stages)
+    if not checked:
+        preflight(cfg, selected)
     run = RunDir(cfg.run_dir)
     run.start(cfg, argv)
     if store is not None:
         store.attach(run)
     results = []
-    for stage in select_stages(only, start, stages):
+    for stage in selected:
+        again = force or stage.name in redo
         if store is not None:
-            result = store.run(stage, cfg, run, force=force)
+            result = store.run(stage, cfg, run, force=again, log=log)
         else:
-            result = run_stage(stage, cfg, run, force=force)
+            result = run_stage(stage, cfg, run, force=again, log=log)
         how = "skipped (up to date)" if result.skipped else f"done in {result.seconds:.1f}s"
         if stage.summary is not None:
             how += f": {stage.summary(result.outputs)}"

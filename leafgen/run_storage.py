@@ -31,6 +31,8 @@ from leafgen.errors import LeafgenError
 # Ray Train's checkpoint folders (``checkpoint_<time>``): Ray writes and reads them in the bucket itself
 # (``storage_filesystem``), so mirrors leave them there; they are most of a run's bytes.
 RAY_CHECKPOINT_PREFIX = "checkpoint_"
+# Ray Train's list of the checkpoints it kept: removed with them, so a later fit starts afresh.
+RAY_CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
 MIRROR_ENV = "LEAFGEN_RUN_MIRROR"
 DEFAULT_MIRROR = "~/.cache/leafgen/runs"
 # Uploaded last within a folder: the marker that says the folder's other files are complete.
@@ -122,7 +124,7 @@ class RunStorage:
         files copied."""
         if not self.remote or not path.exists() and not exact:
             return 0
-        files = sorted(_files(path), key=lambda p: p.name == LAST)
+        files = sorted(run_files(path), key=lambda p: p.name == LAST)
         remote = {Path(i.path): i for i in self._tree(self.remote_path(path))}
         if exact:
             local = {Path(self.remote_path(p)) for p in files}
@@ -135,6 +137,42 @@ class RunStorage:
                 self._upload(file)
                 copied += 1
         return copied
+
+    def sizes(self, path: Path) -> dict[str, int]:
+        """Size of every file under ``path`` where the run lives (but Ray's checkpoint folders), by its
+        path relative to ``path``: one listing, so checking a stage's outputs costs one request."""
+        remote = self.remote_path(path)
+        return {Path(i.path).relative_to(remote).as_posix(): i.size for i in self._tree(remote)}
+
+    def folders(self, path: Path) -> list[str]:
+        """Names of the folders right under ``path`` where the run lives."""
+        entries = self._call(
+            self.fs.get_file_info, pafs.FileSelector(self.remote_path(path), allow_not_found=True)
+        )
+        return sorted(Path(i.path).name for i in entries if i.type == pafs.FileType.Directory)
+
+    def open_input(self, path: Path):
+        """A seekable stream of ``path``'s copy where the run lives."""
+        return self._call(self.fs.open_input_file, self.remote_path(path))
+
+    def delete_ray_checkpoints(self, path: Path) -> None:
+        """Remove Ray's checkpoint folders under ``path``, and its list of them, where the run lives (the
+        mirror holds neither)."""
+        remote = self.remote_path(path) if self.remote else None
+        if remote is None or self._info(remote).type != pafs.FileType.Directory:
+            return
+        folders, lists = set(), []
+        for item in self._list(remote):
+            rel = Path(item.path).relative_to(remote)
+            inside = [i for i, part in enumerate(rel.parts) if part.startswith(RAY_CHECKPOINT_PREFIX)]
+            if inside and (inside[0] < len(rel.parts) - 1 or item.type == pafs.FileType.Directory):
+                folders.add(f"{remote}/{Path(*rel.parts[: inside[0] + 1]).as_posix()}")
+            elif rel.name == RAY_CHECKPOINT_SNAPSHOT:
+                lists.append(item.path)
+        for folder in sorted(folders):
+            self._call(self.fs.delete_dir, folder)
+        for file in lists:
+            self._call(self.fs.delete_file, file)
 
     def delete(self, path: Path) -> None:
         """Remove ``path``'s tree where the run lives (the mirror is the caller's to clear)."""
@@ -205,7 +243,7 @@ def _ray_checkpoint(rel: Path) -> bool:
     return any(part.startswith(RAY_CHECKPOINT_PREFIX) for part in rel.parent.parts)
 
 
-def _files(path: Path) -> Iterator[Path]:
+def run_files(path: Path) -> Iterator[Path]:
     """Files under ``path`` (or ``path`` itself), without atomic writes' temporary files and Ray's
     checkpoint folders."""
     if path.is_file():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
@@ -43,16 +44,23 @@ class StageStore:
             (self.root / name).mkdir(parents=True, exist_ok=True)
             _link(run.root / name, self.root / name)
 
-    def run(self, stage: Stage, cfg: PipelineConfig, run: RunDir, force: bool = False) -> StageResult:
-        """Run ``stage`` for ``run`` in the store: skipped when any run already completed the same key,
-        waited for while another run holds it."""
+    def run(
+        self,
+        stage: Stage,
+        cfg: PipelineConfig,
+        run: RunDir,
+        force: bool = False,
+        log: Callable[[str], None] = print,
+    ) -> StageResult:
+        """Run ``stage`` for ``run`` in the store: skipped when any run already completed the same key
+        (and its files are intact), waited for while another run holds it."""
         key = stage_key(stage, cfg, run)
         target = self.path(stage.name, key)
         target.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(target.parent / f"{key}.lock")):
             target.mkdir(exist_ok=True)
             _link(run.stage_dir(stage.name), target)
-            result = run_stage(stage, cfg, run, force=force, key=key)
+            result = run_stage(stage, cfg, run, force=force, key=key, log=log)
             if not result.skipped:
                 # Which run computed which key, one short line each: the audit of what was shared.
                 with open(target.parent / RUNS_LOG, "a") as fh:

@@ -5,6 +5,13 @@ of its upstream stages' keys and of any input fingerprint (for example a user CS
 whose key matches skips the stage; any other key redoes it. While a stage runs, ``_started.json`` records
 the key it is working towards: a rerun with the same key keeps the stage directory so the stage can resume
 from its own checkpoints, while a different key clears it, since its files belong to other settings.
+
+The marker also lists every file the stage wrote (:mod:`leafgen.integrity.outputs`). A matching key skips
+the stage only while those files are all there with their recorded sizes; otherwise the stage is redone,
+and the log names the file. A downstream key includes each upstream marker's outputs digest (when the
+marker records one), so a redone upstream whose files come out byte-identical leaves its dependants up to
+date, and one whose files differ redoes them. Markers written before files were listed have no digest:
+they give exactly the keys they gave before, and count as done.
 """
 
 from __future__ import annotations
@@ -19,11 +26,15 @@ from typing import Any
 
 from leafgen import atomic, provenance
 from leafgen.config import PipelineConfig, dump_yaml, fingerprint, select
-from leafgen.errors import StageError
+from leafgen.errors import LeafgenError, StageError
+from leafgen.integrity import outputs as recorded
 from leafgen.run_storage import LAST as COMPLETE  # object storage uploads a stage's marker last
 from leafgen.run_storage import RunStorage
 
 STARTED = "_started.json"
+# Settings that decide what is kept of a stage's working files, never what its outputs are: left out of
+# stage keys, so changing them redoes nothing (and runs from before they existed keep their keys).
+UNKEYED = ("classifier.keep_checkpoints_after_export", "dreambooth.keep_checkpoints_after_export")
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,32 @@ class StageContext:
     dir: Path
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Outputs of each upstream stage, as recorded in its completion marker."""
+
+    def input_path(self, stage: str, name: str) -> Path:
+        """The path upstream ``stage`` recorded as its output ``name`` (relative to the run), once every
+        file it names (a file, or a folder's files) matches the sizes and hashes in the upstream marker.
+        A damaged one is an error naming the file and the command that repairs the run."""
+        rel = Path(str(self.inputs[stage][name]))
+        path = self.run.root / rel
+        damaged = []
+        if rel.parts[:1] == (stage,):  # a file of the stage's folder (not a user folder it points at)
+            marker = self.run.marker(stage) or {}
+            under = rel.relative_to(stage).as_posix()
+            damaged = recorded.check(
+                self.run, stage, marker, content=True, under=under, where_run_lives=False
+            )
+        if damaged or not path.exists():
+            why = str(damaged[0]) if damaged else f"{rel} is missing"
+            raise damaged_input(self.run, self.dir.name, stage, why)
+        return path
+
+
+def damaged_input(run: RunDir, reader: str, stage: str, why: str) -> StageError:
+    """The error of a stage that finds what an upstream stage wrote damaged: the file, and the repair."""
+    return StageError(
+        f"{why}: stage {reader!r} cannot use what stage {stage!r} wrote; repair the run with: "
+        f"leafgen verify --fix {run.storage.uri or run.root}"
+    )
 
 
 @dataclass(frozen=True)
@@ -110,7 +147,7 @@ class RunDir:
 
 
 def stage_key(stage: Stage, cfg: PipelineConfig, run: RunDir) -> str:
-    upstream = {}
+    upstream, digests = {}, {}
     for name in stage.inputs_for(cfg):
         marker = run.marker(name)
         if marker is None:
@@ -118,22 +155,44 @@ def stage_key(stage: Stage, cfg: PipelineConfig, run: RunDir) -> str:
                 f"stage {stage.name!r} needs stage {name!r}, which has not completed in {run.root}"
             )
         upstream[name] = marker["key"]
-    return fingerprint(
-        {
-            "stage": stage.name,
-            "version": stage.version,
-            "config": {key: select(cfg, key) for key in stage.config_keys},
-            "inputs": upstream,
-            "fingerprint": stage.fingerprint_inputs(cfg) if stage.fingerprint_inputs else None,
-        }
-    )
+        if recorded.digest(marker) is not None:
+            digests[name] = recorded.digest(marker)
+    material = {
+        "stage": stage.name,
+        "version": stage.version,
+        "config": {key: _keyed(cfg, key) for key in stage.config_keys},
+        "inputs": upstream,
+        "fingerprint": stage.fingerprint_inputs(cfg) if stage.fingerprint_inputs else None,
+    }
+    if digests:  # only then: markers of older runs keep giving the keys they gave
+        material["outputs"] = digests
+    return fingerprint(material)
+
+
+def _keyed(cfg: PipelineConfig, key: str) -> Any:
+    """The value at ``key`` as stage keys see it: without the ``UNKEYED`` settings below it."""
+    value = select(cfg, key)
+    for dotted in UNKEYED:
+        if dotted.startswith(key + "."):
+            *parents, leaf = dotted[len(key) + 1 :].split(".")
+            node = value
+            for part in parents:
+                node = node[part]
+            node.pop(leaf, None)
+    return value
 
 
 def run_stage(
-    stage: Stage, cfg: PipelineConfig, run: RunDir, force: bool = False, key: str | None = None
+    stage: Stage,
+    cfg: PipelineConfig,
+    run: RunDir,
+    force: bool = False,
+    key: str | None = None,
+    log: Callable[[str], None] = print,
 ) -> StageResult:
-    """Run ``stage`` unless its completion marker matches; returns what it produced. ``key``: the stage
-    key when the caller already computed it (it may hash outside inputs, so it is computed once)."""
+    """Run ``stage`` unless its completion marker matches and its files are intact; returns what it
+    produced. ``key``: the stage key when the caller already computed it (it may hash outside inputs, so
+    it is computed once). ``log`` hears why a complete stage is redone."""
     key = key or stage_key(stage, cfg, run)
     directory = run.stage_dir(stage.name)
     if directory.is_symlink() and directory.resolve().name != key:
@@ -143,11 +202,19 @@ def run_stage(
     marker = run.marker(stage.name)
     storage = run.storage
     if marker is not None and marker["key"] == key and not force:
-        storage.pull(directory)  # a fresh mirror gets the stage's files for the stages after it
-        return StageResult(stage.name, True, 0.0, marker["outputs"])
+        damaged = recorded.check(run, stage.name, marker)
+        if not damaged:
+            storage.pull(directory)  # a fresh mirror gets the stage's files for the stages after it
+            return StageResult(stage.name, True, 0.0, marker["outputs"])
+        more = f" (and {len(damaged) - 1} more file(s))" if len(damaged) > 1 else ""
+        log(f"[{stage.name}] redoing: {damaged[0]}{more}")
 
     if stage.check is not None:
         stage.check(cfg)
+    for name in stage.inputs_for(cfg):  # sizes only, before anything is cleared; readers check hashes
+        damaged = recorded.check(run, name, run.marker(name) or {})
+        if damaged:
+            raise damaged_input(run, stage.name, name, str(damaged[0]))
     started = directory / STARTED
     storage.pull(started)
     resumable = started.is_file() and json.loads(started.read_text()).get("key") == key and not force
@@ -166,12 +233,15 @@ def run_stage(
 
     inputs = {name: run.marker(name)["outputs"] for name in stage.inputs_for(cfg)}  # type: ignore[index]
     t0 = time.perf_counter()
-    outputs = stage.fn(cfg, StageContext(run=run, dir=directory, inputs=inputs)) or {}
+    try:
+        outputs = stage.fn(cfg, StageContext(run=run, dir=directory, inputs=inputs)) or {}
+    except LeafgenError as exc:
+        exc.stage = getattr(exc, "stage", None) or stage.name  # the CLI names the stage that failed
+        raise
     seconds = time.perf_counter() - t0
     storage.pull(directory)  # files that workers on other nodes wrote and pushed
-    atomic.write_json(
-        directory / COMPLETE, {"key": key, "stage": stage.name, "seconds": seconds, "outputs": outputs}
-    )
+    marker = {"key": key, "stage": stage.name, "seconds": seconds, "outputs": outputs}
+    atomic.write_json(directory / COMPLETE, {**marker, **recorded.record(directory)})
     started.unlink(missing_ok=True)
     storage.push(directory, exact=True)
     return StageResult(stage.name, False, seconds, outputs)

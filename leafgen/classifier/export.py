@@ -7,6 +7,7 @@ The driver does this after the fit (:mod:`leafgen.classifier.runs` keeps each ru
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from leafgen import atomic
 from leafgen.classifier.engine import ArrayDataset, eval_transform, predict_probs
 from leafgen.classifier.metrics import classification_metrics
 from leafgen.classifier.runs import BEST_DIR, RunSpec, best_copy
-from leafgen.classifier.training import META_FILE, MODEL_FILE, load_classifier
+from leafgen.classifier.training import META_FILE, MODEL_FILE, export_weights, load_classifier
 from leafgen.errors import StageError
 
 MODEL_DIR = "model"
@@ -56,7 +57,9 @@ def save_probs(out: Path, model_dir: Path, arrays: dict[str, Path], flip_tta: bo
 
 
 def export_model(out: Path) -> Path:
-    """``out/model``: the run's best epoch (``out/best``), copied into place whole or not at all."""
+    """``out/model``: the run's best epoch (``out/best``) with float16 weights (BatchNorm statistics stay
+    float32; every prediction of the run, test probabilities included, comes from these), put into place
+    whole or not at all."""
     model_dir = out / MODEL_DIR
     if (model_dir / MODEL_FILE).is_file():
         return model_dir
@@ -65,8 +68,8 @@ def export_model(out: Path) -> Path:
         raise StageError(f"{out}: the training finished without a best epoch in {out / BEST_DIR}; rerun it")
     staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR}.", dir=out))
     try:
-        for name in (MODEL_FILE, META_FILE):
-            shutil.copy2(best / name, staging / name)
+        shutil.copy2(best / META_FILE, staging / META_FILE)
+        export_weights(best / MODEL_FILE, staging / MODEL_FILE)
         shutil.rmtree(model_dir, ignore_errors=True)
         staging.rename(model_dir)
     finally:
@@ -81,8 +84,10 @@ def export_run(
     read_history: Callable[[Path], list[dict[str, Any]]],
 ) -> dict[str, Any]:
     """Export a finished run (model, probabilities, ``metrics.json``, test scalars in TensorBoard) and
-    return its metrics."""
+    return its metrics; a run exported before an interruption is read back, never exported again."""
     out = Path(spec.out)
+    if (out / METRICS_FILE).is_file():
+        return json.loads((out / METRICS_FILE).read_text())
     model_dir = export_model(out)
     _, meta = load_classifier(model_dir)
     probs = np.load(save_probs(out, model_dir, arrays, flip_tta)["test"])
@@ -94,9 +99,9 @@ def export_run(
         "test": test,
         "history": read_history(out / LOG_DIR),
     }
-    atomic.write_json(out / METRICS_FILE, metrics)
     with SummaryWriter(str(out / LOG_DIR / "tensorboard")) as writer:
         for key, value in test.items():
             if key != "confusion_matrix":
                 writer.add_scalar(f"test/{key}", value, best_epoch)
+    atomic.write_json(out / METRICS_FILE, metrics)  # last: the export is complete
     return metrics

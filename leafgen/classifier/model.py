@@ -55,6 +55,34 @@ def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
         raise LeafgenError(_missing_weights_message(cached, weights.url, f"download failed: {exc}")) from None
 
 
+def weights_problem(arch: str, weights: str) -> str | None:
+    """Why ``weights`` cannot be loaded on this machine, found without reading or downloading anything
+    (for the pre-flight check); None when it looks loadable."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        try:
+            url = torchvision.models.get_model_weights(arch).DEFAULT.url
+        except (ValueError, KeyError):
+            return f"classifier.arch={arch!r} has no ImageNet weights in torchvision"
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if not cached.is_file() and os.environ.get("HF_HUB_OFFLINE") == "1":
+            return _missing_weights_message(cached, url, "offline mode (HF_HUB_OFFLINE=1)")
+        return None
+    if weights == "embedded":
+        if arch != EMBEDDED_ARCH:
+            return f"classifier.weights=embedded is a {EMBEDDED_ARCH} backbone; classifier.arch is {arch!r}"
+        path = EMBEDDED_BACKBONE
+    else:
+        path = Path(weights).expanduser()
+    if not path.is_file():
+        return (
+            f"classifier.weights={weights!r}: no such file {path}; use 'imagenet', 'embedded', 'none' or "
+            "a path to a weights file"
+        )
+    return None
+
+
 def _missing_weights_message(path: Path, url: str, why: str) -> str:
     return (
         f"classifier.weights=imagenet: {path} is not cached and cannot be fetched ({why}). "

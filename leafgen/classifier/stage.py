@@ -34,7 +34,7 @@ CACHE_DIR = "cache"
 def cache_split_arrays(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Path]:
     """Decode each split once into the run's cache; labels go beside the stage. Returns .npy paths."""
     root = dataset_root(cfg, ctx.inputs["dataset"], ctx.run.root)
-    split = read_split(ctx.run.root / ctx.inputs["split"]["split_csv"])
+    split = read_split(ctx.input_path("split", "split_csv"))
     arrays: dict[str, Path] = {}
     for name in ("train", "val", "test"):
         ids, labels = zip(*split[name])
@@ -57,12 +57,17 @@ def train_and_export(
     cfg: PipelineConfig, arrays: dict[str, Path], out: Path, run: RunStorage | None = None
 ) -> dict[str, Any]:
     """One training on Ray into ``out`` (resuming an interrupted one there), exported: ``out/model``, the
-    val and test probabilities and ``metrics.json``; returns the metrics. ``run``: the run's open storage."""
-    from leafgen.distributed.train_classifier import read_history, train_runs_on_ray
+    val and test probabilities and ``metrics.json``; returns the metrics. Then the training's checkpoints
+    are pruned (unless ``classifier.keep_checkpoints_after_export``). ``run``: the run's open storage."""
+    from leafgen.distributed.train_classifier import prune_training, read_history, train_runs_on_ray
 
+    run = run or RunStorage.open(cfg.run_dir)
     spec = spec_for(out.name, out, cfg.classifier, arrays, cfg.data.target_class)
     train_runs_on_ray(cfg, [spec], out / LOG_DIR, run=run)
-    return export_run(spec, arrays, cfg.classifier.flip_tta, read_history)
+    metrics = export_run(spec, arrays, cfg.classifier.flip_tta, read_history)
+    if not cfg.classifier.keep_checkpoints_after_export:
+        prune_training(out / LOG_DIR, [out], run)
+    return metrics
 
 
 def _run(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:

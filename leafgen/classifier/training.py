@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
+from leafgen import atomic
 from leafgen.classifier.engine import (
     ArrayDataset,
     build_loss,
@@ -89,6 +90,25 @@ def save_checkpoint(
         "metrics": metrics,
     }
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+
+
+# BatchNorm's running statistics stay float32: variances near BatchNorm's eps (1e-5) fall in float16's
+# subnormal range, and they are a few thousand numbers.
+_FLOAT32_KEYS = ("running_mean", "running_var")
+
+
+def export_weights(src: Path, dst: Path) -> None:
+    """A checkpoint's weights as the exported model stores them: float16 (half the bytes; ten exported
+    ResNet18s are 220 MB instead of 450 MB), but BatchNorm's running statistics in float32. Loading casts
+    them back to float32, so every prediction of the exported model, test probabilities included, comes
+    from exactly these weights; they differ from the float32 ones by float16's rounding (relative 5e-4)."""
+    state = load_file(src)
+    half = {
+        k: v.half() if v.is_floating_point() and not k.endswith(_FLOAT32_KEYS) else v
+        for k, v in state.items()
+    }
+    with atomic.atomic_path(dst) as tmp:
+        save_file(half, tmp)
 
 
 def load_classifier(directory: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

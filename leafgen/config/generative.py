@@ -119,6 +119,10 @@ class DreamBoothConfig:
     """Report a checkpoint every this many steps."""
     keep_checkpoints: int = 2
     """Checkpoints Ray keeps (the latest ones)."""
+    keep_checkpoints_after_export: bool = False
+    """Keep Ray Train's checkpoints (trained weights with optimiser state) once the output is exported to
+    dreambooth/model. False: they are deleted then, here and in the run's bucket; an unfinished run keeps
+    them and resumes from them. Not part of the stage key: changing it redoes nothing."""
     max_failures: int = 2
     """Worker-group restarts from the last checkpoint before the run fails."""
 

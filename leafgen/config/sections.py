@@ -100,8 +100,11 @@ class ClassifierConfig:
     """Weight the cross-entropy by inverse class frequency."""
     checkpoint_metric: str = "val/mean_auc"
     """Validation metric (maximised) that picks the best checkpoint, e.g. val/target_recall."""
-    keep_checkpoints: int = 2
-    """Checkpoints kept on storage (the best ones by ``checkpoint_metric``)."""
+    keep_checkpoints_after_export: bool = False
+    """Keep Ray Train's checkpoints (weights with optimiser state: ~130 MB each for a ResNet18) once the
+    best model is exported and measured. False: they are deleted then, here and in the run's bucket; an
+    unfinished training keeps them and resumes from them. Not part of the stage key: changing it redoes
+    nothing."""
     max_failures: int = 2
     """Worker failures Ray Train recovers from (restarting from the last checkpoint) before giving up."""
     flip_tta: bool = False
@@ -116,7 +119,6 @@ class ClassifierConfig:
             raise FieldError(
                 "checkpoint_metric", f"must be one of {', '.join(metrics)}, got {self.checkpoint_metric!r}"
             )
-        positive("keep_checkpoints", self.keep_checkpoints)
         positive("max_failures", self.max_failures, allow_zero=True)
         if not 0 <= self.label_smoothing < 1:
             raise FieldError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")

@@ -28,6 +28,7 @@ from leafgen.diffusion.generation.generator import GROUP_KEYS, ImageGenerator
 from leafgen.diffusion.generation.manifest import finalize, finished_ids, image_file
 from leafgen.diffusion.generation.prompt_table import Row
 from leafgen.diffusion.generation.speed import AUTO_BATCH_LIMIT
+from leafgen.distributed.errors import worker_label
 from leafgen.distributed.quiet import ray_noise_filtered
 from leafgen.distributed.runtime import job_resources
 from leafgen.errors import LeafgenError
@@ -70,6 +71,36 @@ class RunImageGenerator(ImageGenerator):
             return path
         with self._pull_lock:
             return str(self.run.localize(path))
+
+
+class GuardedImageGenerator:
+    """What each actor runs: an :class:`ImageGenerator` (a :class:`RunImageGenerator` for a run on object
+    storage) whose ``LeafgenError`` (a model that will not load, a source image it cannot read) comes back
+    as a batch holding only the message: the driver raises it once, where Ray would restart the actor,
+    retry and print each traceback (``leafgen.distributed.errors``)."""
+
+    def __init__(self, remote: bool, **kwargs: Any):
+        self.generator: ImageGenerator | None = None
+        self.error: str | None = None
+        try:
+            self.generator = (RunImageGenerator if remote else ImageGenerator)(**kwargs)
+        except LeafgenError as exc:
+            self.error = _described(exc)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.generator is not None:
+            try:
+                return self.generator(batch)
+            except LeafgenError as exc:
+                self.error = _described(exc)
+        return {ERROR_COLUMN: np.array([self.error] * len(batch["id"]))}
+
+
+ERROR_COLUMN = "leafgen_error"
+
+
+def _described(exc: LeafgenError) -> str:
+    return f"{exc} (in a {worker_label('Ray Data generation actor')})"
 
 
 def actor_plan(resources: dict[str, float], num_actors: int | None, cpu_threads: int) -> tuple[int, dict]:
@@ -131,8 +162,9 @@ def generate_on_ray(
         DataContext.get_current().enable_progress_bars = False
         # One block per batch: Ray Data then hands each actor whole batches without re-bundling rows.
         dataset = ray.data.from_items(todo, override_num_blocks=batches).map_batches(
-            RunImageGenerator if remote else ImageGenerator,
+            GuardedImageGenerator,
             fn_constructor_kwargs={
+                "remote": remote,
                 "engine": asdict(engine),
                 "out_dir": str(out_dir),
                 "threads": per_actor.get("num_cpus"),
@@ -151,6 +183,8 @@ def generate_on_ray(
             ) as bar,
         ):
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                if ERROR_COLUMN in batch:
+                    raise LeafgenError(str(batch[ERROR_COLUMN][0]))
                 bar.update(len(batch["id"]))
         if remote:
             run.pull(out_dir)

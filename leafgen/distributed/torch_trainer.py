@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -33,11 +34,16 @@ from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
 from torch.utils.tensorboard import SummaryWriter
 
 from leafgen.config import PipelineConfig, from_dict
+from leafgen.distributed.errors import UserErrorsFailFast, mark, quiet_user_errors, user_error
+from leafgen.distributed.quiet import ray_noise_filtered
 from leafgen.distributed.runtime import job_resources, quiet_train_report_log
-from leafgen.run_storage import RunStorage
+from leafgen.errors import LeafgenError
+from leafgen.run_storage import RAY_CHECKPOINT_PREFIX, RAY_CHECKPOINT_SNAPSHOT, RunStorage
 from leafgen.worker import WorkerContext
 
 HISTORY_FILE = "history.jsonl"
+# Where Ray Train logs a worker's exception with its traceback ("Error in training function").
+_TRAIN_ERROR_LOGGER = "ray.train.v2._internal.util"
 
 
 def read_rank_zero_history(storage: Path, key: str) -> list[dict[str, Any]]:
@@ -104,6 +110,7 @@ def worker_session(
     """Inside a Ray Train worker: (config, worker context, this node's view of the run directory,
     checkpoint folder to resume from or None)."""
     quiet_train_report_log()
+    quiet_user_errors(_TRAIN_ERROR_LOGGER)
     cfg = from_dict(PipelineConfig, config["cfg"])
     ctx = ray.train.get_context()
     device = get_device()
@@ -112,8 +119,36 @@ def worker_session(
         torch.set_num_threads(max(1, config["cpus_per_worker"]))
     worker = WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), device, prepare_model)
     latest = ray.train.get_checkpoint()
-    with latest.as_directory() if latest else contextlib.nullcontext() as resume_dir:
-        yield cfg, worker, RunStorage.open(cfg.run_dir), Path(resume_dir) if resume_dir else None
+    try:
+        with latest.as_directory() if latest else contextlib.nullcontext() as resume_dir:
+            yield cfg, worker, RunStorage.open(cfg.run_dir), Path(resume_dir) if resume_dir else None
+    except LeafgenError as exc:
+        raise mark(exc, f"Ray Train worker of rank {worker.rank}") from None
+
+
+class _Trainer(TorchTrainer):
+    """A TorchTrainer whose controller does not restart workers that failed with a LeafgenError.
+
+    Ray 2.60 builds its default failure policy inside ``fit()`` and hands it to the controller through
+    this method; it takes no policy from users.
+    """
+
+    def _initialize_and_run_controller(self, **kwargs: Any):
+        kwargs["failure_policy"] = UserErrorsFailFast(self.run_config.failure_config)
+        return super()._initialize_and_run_controller(**kwargs)
+
+
+def fit_trainer(trainer: TorchTrainer) -> ray.train.Result:
+    """``trainer.fit()``, Ray's known noise kept out of the output; a LeafgenError raised in a worker is
+    raised here as itself (see :mod:`leafgen.distributed.errors`), anything else as Ray reports it."""
+    try:
+        with ray_noise_filtered():
+            return trainer.fit()
+    except Exception as exc:  # Ray's wrapping of what a worker raised
+        error = user_error(exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 def build_trainer(
@@ -136,7 +171,7 @@ def build_trainer(
     storage_path, storage_fs = run.ray_storage(storage)
     use_gpu = resources.get("GPU", 0) >= 1
     cpus_per_worker = 1 if use_gpu else max(1, int(resources.get("CPU", 1)) // num_workers)
-    return TorchTrainer(
+    return _Trainer(
         loop,
         train_loop_config={"cfg": asdict(cfg), "cpus_per_worker": cpus_per_worker, **loop_config},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -155,3 +190,15 @@ def build_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
+
+
+def prune_checkpoints(storage: Path, run: RunStorage) -> None:
+    """Delete the checkpoints of the finished training kept at ``storage``, and Ray's list of them (a
+    later fit there then starts afresh instead of restoring what is gone), here and where the run lives.
+    Called once the training's output is exported: optimiser state is most of a run directory's bytes."""
+    for path in sorted(storage.rglob(f"{RAY_CHECKPOINT_PREFIX}*")):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.name == RAY_CHECKPOINT_SNAPSHOT:
+            path.unlink()
+    run.delete_ray_checkpoints(storage)

@@ -11,6 +11,7 @@ Rerunning an interrupted fit (same storage path and runs) resumes it (Ray Train 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -21,12 +22,13 @@ from ray.train import CheckpointConfig, UserCallback
 from torch.utils.tensorboard import SummaryWriter
 
 from leafgen.classifier.export import LOG_DIR
-from leafgen.classifier.runs import RunSpec, train_runs
+from leafgen.classifier.runs import BEST_DIR, RunSpec, train_runs
 from leafgen.config import PipelineConfig, fingerprint
-from leafgen.distributed.quiet import ray_noise_filtered
 from leafgen.distributed.torch_trainer import (
     RankZeroLog,
     build_trainer,
+    fit_trainer,
+    prune_checkpoints,
     read_rank_zero_history,
     reporter,
     worker_session,
@@ -111,7 +113,17 @@ def train_runs_on_ray(
         [EpochMetrics(pending), *callbacks],
         run,
     )
-    with ray_noise_filtered():
-        trainer.fit()
+    fit_trainer(trainer)
     for spec in pending:
         run.pull(Path(spec.out))  # what workers on other nodes wrote: the best epochs, the done markers
+
+
+def prune_training(storage: Path, outs: Sequence[Path], run: RunStorage) -> None:
+    """Once runs are exported: delete the fit's Ray checkpoints at ``storage`` and each run's best-epoch
+    copies (``out/best``), here and where the run lives; the exported models stay. Optimiser state and
+    float32 copies are most of a run directory's bytes (``classifier.keep_checkpoints_after_export``
+    keeps them)."""
+    prune_checkpoints(storage, run)
+    for out in outs:
+        shutil.rmtree(Path(out) / BEST_DIR, ignore_errors=True)
+        run.delete(Path(out) / BEST_DIR)

@@ -22,10 +22,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from leafgen.config import PipelineConfig
 from leafgen.diffusion.finetune.train import fit_dreambooth
-from leafgen.distributed.quiet import ray_noise_filtered
 from leafgen.distributed.torch_trainer import (
     RankZeroLog,
     build_trainer,
+    fit_trainer,
     read_rank_zero_history,
     reporter,
     worker_session,
@@ -113,7 +113,6 @@ def train_dreambooth_on_ray(
         [StepMetrics(storage, db.train_steps, run)],
         run,
     )
-    with ray_noise_filtered():
-        result = trainer.fit()
+    result = fit_trainer(trainer)
     run.pull(validation_dir)
     return result

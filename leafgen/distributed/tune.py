@@ -29,7 +29,7 @@ from leafgen.config import PipelineConfig, from_dict, to_dict
 from leafgen.distributed.quiet import ray_noise_filtered
 from leafgen.distributed.runtime import ensure_ray
 from leafgen.distributed.trial_context import trial_running
-from leafgen.errors import ConfigError
+from leafgen.errors import ConfigError, LeafgenError
 from leafgen.pipeline import run_pipeline
 from leafgen.stage_store import StageStore
 from leafgen.tuning.results import TrialRow
@@ -39,14 +39,28 @@ from leafgen.tuning.trial import TRIAL_STAGES
 # What the trial process itself holds: it scores and mixes images between the trainers it launches.
 TRIAL_MEMORY = 512 * 1024**2
 PENDING_FILE = "pending.json"
+# A trial's LeafgenError, in its run directory, for the driver to raise.
+USER_ERROR_FILE = "leafgen_error.json"
 
 
 def _trial(values: dict[str, Any], base: dict, store: str, trials: str, job: dict[str, int | None]) -> None:
     cfg = apply_values(from_dict(PipelineConfig, base), values)
     run_dir = Path(trials) / tune.get_context().get_trial_id()
     cfg = replace(cfg, run_dir=str(run_dir), ray=replace(cfg.ray, job_cpus=job["cpus"], job_gpus=job["gpus"]))
+    (run_dir / USER_ERROR_FILE).unlink(missing_ok=True)
     with trial_running():
-        results = {r.name: r for r in run_pipeline(cfg, stages=TRIAL_STAGES, store=StageStore(store))}
+        try:
+            results = {r.name: r for r in run_pipeline(cfg, stages=TRIAL_STAGES, store=StageStore(store))}
+        except LeafgenError as exc:
+            # The user's to fix, and the same on every retry: recorded for the driver, which raises it
+            # once; the trial ends without a result, so Tune neither retries it nor prints its traceback.
+            error = {
+                "message": str(exc),
+                "stage": getattr(exc, "stage", None),
+                "where": getattr(exc, "where", None),
+            }
+            atomic.write_json(run_dir / USER_ERROR_FILE, error)
+            return
     fit = results["trial_fit"].outputs
     # One last report with the whole trial's outcome (also the only one when the fit was already done).
     tune.report(
@@ -194,6 +208,7 @@ def run_tuner(cfg: PipelineConfig, params: list[Param], root: Path, storage: str
         )
     with ray_noise_filtered():
         results = list(tuner.fit())
+    _raise_user_error(root)
     return [
         TrialRow(
             trial_id=(r.metrics or {}).get("trial_id") or Path(r.path).name,
@@ -203,3 +218,18 @@ def run_tuner(cfg: PipelineConfig, params: list[Param], root: Path, storage: str
         )
         for r in results
     ]
+
+
+def _raise_user_error(root: Path) -> None:
+    """Raise the LeafgenError a trial recorded (the first; how many trials failed is said)."""
+    failed = sorted((root / "trials").glob(f"*/{USER_ERROR_FILE}"))
+    if not failed:
+        return
+    first = json.loads(failed[0].read_text())
+    error = LeafgenError(
+        f"{first['message']} (Tune trial {failed[0].parent.name}"
+        + (f", one of {len(failed)} trials that failed" if len(failed) > 1 else "")
+        + f"; its run directory: {failed[0].parent})"
+    )
+    error.stage, error.where = first["stage"], first["where"]
+    raise error

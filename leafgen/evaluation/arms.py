@@ -64,7 +64,7 @@ def _reusable(cfg: PipelineConfig, ctx: StageContext) -> dict[str, tuple[Any, Pa
     out = {}
     for stage, stage_cfg in candidates.items():
         if stage_cfg is not None and stage in ctx.inputs:
-            model = ctx.run.root / ctx.inputs[stage]["model_dir"]
+            model = ctx.input_path(stage, "model_dir")
             out[stage] = (stage_cfg.classifier, model, ctx.run.marker(stage)["key"])  # type: ignore[index]
     return out
 
@@ -83,7 +83,7 @@ def _run_key(cfg: PipelineConfig, ctx: StageContext, arm: ArmRecipe, seed: int, 
 
 
 def _train_arms(cfg: PipelineConfig, ctx: StageContext, arms: list[ArmRecipe]) -> dict[str, Any]:
-    from leafgen.distributed.train_classifier import read_history, train_runs_on_ray
+    from leafgen.distributed.train_classifier import prune_training, read_history, train_runs_on_ray
 
     reusable = _reusable(cfg, ctx)
     planned, results = [], {}
@@ -144,6 +144,8 @@ def _train_arms(cfg: PipelineConfig, ctx: StageContext, arms: list[ArmRecipe]) -
         }
         atomic.write_json(out / RESULT_FILE, result)  # last: marks the run finished
         results[(arm.name, seed)] = result
+    if specs and not cfg.classifier.keep_checkpoints_after_export:
+        prune_training(ctx.dir / "ray", [Path(spec.out) for spec in specs.values()], ctx.run.storage)
     runs = [results[(arm.name, seed)] for arm in arms for seed in cfg.eval.seeds]
     return {
         "arms": [a.name for a in arms],

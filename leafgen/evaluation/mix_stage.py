@@ -22,9 +22,9 @@ MIX_FILE = "mix.csv"
 
 def _mix(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     images = dataset_root(cfg, ctx.inputs["dataset"], ctx.run.root) / "images"
-    split = read_split(ctx.run.root / ctx.inputs["split"]["split_csv"])
-    gated = read_manifest(ctx.run.root / ctx.inputs["gate"]["manifest"])
-    synthetic_root = (ctx.run.root / ctx.inputs["generate"]["manifest"]).parent
+    split = read_split(ctx.input_path("split", "split_csv"))
+    gated = read_manifest(ctx.input_path("gate", "manifest"))
+    synthetic_root = ctx.input_path("generate", "manifest").parent
     mixed = mix_train(
         split["train"],
         lambda image_id: image_path(images, image_id),

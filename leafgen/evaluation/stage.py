@@ -46,7 +46,7 @@ def arm_probabilities(cfg: PipelineConfig, ctx: StageContext, name: str) -> dict
 
 
 def _evaluate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
-    split = read_split(ctx.run.root / ctx.inputs["split"]["split_csv"])
+    split = read_split(ctx.input_path("split", "split_csv"))
     labels = {name: np.asarray([y for _, y in split[name]], dtype=np.int64) for name in ("val", "test")}
     result = compare_arms(
         labels["test"],

@@ -23,6 +23,7 @@ from pathlib import Path
 from leafgen import atomic
 from leafgen.config import PipelineConfig, fingerprint, to_dict
 from leafgen.errors import ConfigError
+from leafgen.integrity.preflight import preflight
 from leafgen.pipeline import run_pipeline
 from leafgen.run_storage import is_uri
 from leafgen.stage_store import StageStore
@@ -88,6 +89,7 @@ def run_search(
             "links, which object storage lacks; give it a path every node mounts (NFS, EFS, Filestore) "
             "and put tune.storage_path on object storage if you like"
         )
+    preflight(cfg, TRIAL_STAGES)  # every trial's checks and outside inputs, before the shared stages run
     root = RunDir(cfg.run_dir).root
     _check_same_search(cfg, root)
     store = StageStore(root / "stages")

@@ -10,6 +10,7 @@ only the final evaluation of the best configuration uses.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -32,9 +33,14 @@ METRICS_FILE = "metrics.json"
 
 
 def _fit(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
-    from leafgen.distributed.train_classifier import read_history, train_runs_on_ray
+    from leafgen.distributed.train_classifier import prune_training, read_history, train_runs_on_ray
     from leafgen.distributed.trial_context import trial_callbacks
 
+    keep = cfg.classifier.keep_checkpoints_after_export
+    if (ctx.dir / METRICS_FILE).is_file():  # finished before an interruption: never train again
+        if not keep:
+            prune_training(ctx.dir / LOG_DIR, [ctx.dir], ctx.run.storage)
+        return {k: v for k, v in json.loads((ctx.dir / METRICS_FILE).read_text()).items() if k != "history"}
     arm = trial_arm(cfg)
     arrays = train_set(cfg, ctx, arm.train)
     settings = arm_config(cfg, arm, cfg.classifier.seed).classifier
@@ -53,6 +59,8 @@ def _fit(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
         ],
     }
     atomic.write_json(ctx.dir / METRICS_FILE, outputs)
+    if not keep:
+        prune_training(ctx.dir / LOG_DIR, [ctx.dir], ctx.run.storage)
     return {k: v for k, v in outputs.items() if k != "history"}
 
 

@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from leafgen.cli import main
 from leafgen.diffusion.generation.manifest import read_parts, sha256_file
 from leafgen.distributed.train_classifier import read_history
 from leafgen.run_storage import MIRROR_ENV
@@ -169,12 +170,13 @@ OBJECT_STORE_RUN = [
     "dreambooth.num_validation_images=1",
     "classifier.epochs=2",
     "classifier.num_workers=2",
+    "classifier.keep_checkpoints_after_export=true",  # DreamBooth's are pruned: both cases in the bucket
     "ray.job_cpus=2",
 ]
 
 
 def test_a_run_on_object_storage_works_on_nodes_that_share_no_disk(
-    monkeypatch, s3_run_uri, model_dir, tmp_path
+    monkeypatch, s3_run_uri, model_dir, tmp_path, capsys
 ):
     """run_dir is an s3:// URI and every node has its own mirror of it (its own "disk"); the head runs
     no work, so generation actors and training workers all run on the two worker nodes."""
@@ -217,6 +219,15 @@ def test_a_run_on_object_storage_works_on_nodes_that_share_no_disk(
     stored = run.storage.fs.get_file_info(pafs.FileSelector(ray_dir, recursive=True))
     assert [i.path for i in stored if "/checkpoint_" in i.path and i.path.endswith("model.safetensors")]
     assert not [p for p in (root / "classifier" / "ray").rglob("checkpoint_*") if p.is_dir()]
+    # DreamBooth's were deleted from the bucket once its output was exported.
+    db_dir = run.storage.remote_path(root / "dreambooth" / "ray")
+    stored = run.storage.fs.get_file_info(pafs.FileSelector(db_dir, recursive=True))
+    assert stored and not [i.path for i in stored if "/checkpoint_" in i.path]
+    # The bucket's copies verify clean; one file gone from the bucket is named.
+    assert main(["verify", s3_run_uri]) == 0
+    run.storage.fs.delete_file(run.storage.remote_path(root / "split" / "split.csv"))
+    assert main(["verify", s3_run_uri]) == 1
+    assert "split/split.csv is missing" in capsys.readouterr().out
     # Each worker read its inputs from its own node's mirror: class images, the decoded arrays.
     nodes = [next(mirrors[name].iterdir()) for name in ("node1", "node2")]
     for node in nodes:

@@ -9,7 +9,6 @@ import csv
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,55 +18,6 @@ import pytest
 from leafgen.cli import main
 from leafgen.data.split import read_split
 from leafgen.pipeline import STAGES
-
-from .conftest import TINY_RUN, kill_once
-
-PIPELINE = [
-    "base_model.resolution=16",
-    "base_model.width=24",
-    "generate.num_inference_steps=2",
-    "generate.num_images=8",
-    "generate.batch_size=4",
-    "generate.num_actors=1",
-    "generate.cpu_threads=1",
-    "gate.threshold=0.0",
-    "dreambooth.lora_rank=2",
-    "dreambooth.num_class_images=4",
-    "dreambooth.train_batch_size=1",
-    "dreambooth.max_train_steps=2",
-    "dreambooth.checkpointing_steps=2",
-    "dreambooth.validation_steps=1",
-    "dreambooth.num_validation_images=1",
-    "eval.seeds=[0,1]",
-    # The judge's recipe is then the balanced arm's at seed 1, which is reused instead of trained again.
-    "eval.judge.seed=1",
-    "eval.judge.epochs=1",
-    "eval.drift_samples=2",
-    "eval.drift_other_samples=1",
-    "eval.bootstrap_samples=100",
-    "mix.synthetic_ratio=1.0",
-]
-
-
-def _mtimes(run_dir, names):
-    return {n: os.stat(run_dir / n / "_complete.json").st_mtime_ns for n in names}
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(ray_cluster, data_run, model_dir, tmp_path_factory):
-    """A run killed while the arms train, then finished by the same command: (run_dir, args)."""
-    run_dir = tmp_path_factory.mktemp("pipe") / "run"
-    shutil.copytree(data_run, run_dir)
-    args = [*TINY_RUN, f"run_dir={run_dir}", f"base_model.name_or_path={model_dir}", *PIPELINE]
-    training = run_dir / "arms" / "balanced" / "seed_0" / "ray"
-    kill_once("run", args, training.is_dir, "the arms stage started")
-    finished = [s.name for s in STAGES[: [s.name for s in STAGES].index("arms")]]
-    before = _mtimes(run_dir, finished)
-    assert not (run_dir / "arms" / "_complete.json").exists()
-    sys.stdout.flush()
-    assert main(["run", *args]) == 0
-    assert _mtimes(run_dir, finished) == before, "a finished stage was redone after the kill"
-    return run_dir, args
 
 
 def test_rerun_after_a_kill_completes_every_stage_and_prints_the_report(pipeline_run, capsys):

@@ -17,8 +17,7 @@ import pytest
 from leafgen.cli import main
 from leafgen.stage_store import StageStore
 
-from .conftest import TINY_RUN, kill_once
-from .test_pipeline import PIPELINE
+from .conftest import PIPELINE, TINY_RUN, kill_once
 
 SEARCH = [
     *PIPELINE,

@@ -17,6 +17,7 @@ with the committed backbone (``leafgen dreambooth``: ``DREAMBOOTH``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ from leafgen.stages import RunDir, Stage, StageContext
 
 MODEL_DIR = "model"
 GRID_PER_CLUSTER = 4
+SUMMARY_FILE = "summary.json"
 
 
 def _class_images(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
@@ -171,12 +173,17 @@ def _draw_clusters_grid(
 
 def _dreambooth(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     from leafgen.diffusion.finetune.train import export_checkpoint
+    from leafgen.distributed.torch_trainer import prune_checkpoints
     from leafgen.distributed.train_dreambooth import read_history, train_dreambooth_on_ray
 
     db = cfg.dreambooth
+    keep = db.keep_checkpoints_after_export
+    if (ctx.dir / SUMMARY_FILE).is_file():  # exported before an interruption: never train again
+        if not keep:
+            prune_checkpoints(ctx.dir / "ray", ctx.run.storage)
+        return json.loads((ctx.dir / SUMMARY_FILE).read_text())
     sources = train_sources(cfg, ctx)
     instance = [path for _, path in sources]
-    manifest = ctx.inputs["class_images"]["manifest"]
     classes = []
     if db.method == "textual_inversion" and db.prior_loss_weight > 0:
         print(
@@ -184,9 +191,9 @@ def _dreambooth(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
             f"(dreambooth.prior_loss_weight={db.prior_loss_weight}) does not apply; class images unused",
             flush=True,
         )
-    elif manifest:  # manifest rows name files relative to the manifest's folder
-        folder = (ctx.run.root / manifest).parent
-        classes = [folder / row["file"] for row in read_manifest(ctx.run.root / manifest)]
+    elif ctx.inputs["class_images"]["manifest"]:  # rows name files relative to the manifest's folder
+        manifest = ctx.input_path("class_images", "manifest")
+        classes = [manifest.parent / row["file"] for row in read_manifest(manifest)]
     clustering = _cluster(cfg, ctx, sources) if db.clusters != 1 else None
     # Workers and the export see the number of clusters found, never "auto".
     resolved = replace(db, clusters=clustering.k if clustering else 1)
@@ -231,7 +238,9 @@ def _dreambooth(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
             silhouette=clustering.silhouette,
             single_image_clusters=clustering.singletons,
         )
-    atomic.write_json(ctx.dir / "summary.json", summary)
+        atomic.write_json(ctx.dir / SUMMARY_FILE, summary)  # last: the export is complete
+    if not keep:
+        prune_checkpoints(ctx.dir / "ray", ctx.run.storage)
     return summary
 
 

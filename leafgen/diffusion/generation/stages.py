@@ -90,7 +90,7 @@ def train_sources(cfg: PipelineConfig, ctx: StageContext) -> list[tuple[str, Pat
     """(id, path) of the train split's target-class images: the only real images img2img may start from."""
     root = dataset_root(cfg, ctx.inputs["dataset"], ctx.run.root) / "images"
     target = CLASSES.index(cfg.data.target_class)
-    split = read_split(ctx.run.root / ctx.inputs["split"]["split_csv"])
+    split = read_split(ctx.input_path("split", "split_csv"))
     return [(i, image_path(root, i)) for i, label in split["train"] if label == target]
 
 
@@ -166,7 +166,7 @@ def _generate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
     g = cfg.generate
     adapter = g.adapter
     if "dreambooth" in ctx.inputs:
-        adapter = str(ctx.run.root / ctx.inputs["dreambooth"]["model_dir"])
+        adapter = str(ctx.input_path("dreambooth", "model_dir"))
     sources = train_sources(cfg, ctx) if g.mode == "img2img" or g.prompt_table else []
     info = _error_allocation(cfg, ctx, sources) if g.allocation == "errors" and not g.prompt_table else None
     spec = table_spec(cfg, source_weights=info["weights"] if info else None)
@@ -199,17 +199,15 @@ def _generate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
 def real_images(cfg: PipelineConfig, ctx: StageContext) -> RealImages:
     """pHash bits of every labelled real image: train, val and test."""
     root = dataset_root(cfg, ctx.inputs["dataset"], ctx.run.root) / "images"
-    ids = [
-        i for part in read_split(ctx.run.root / ctx.inputs["split"]["split_csv"]).values() for i, _ in part
-    ]
+    ids = [i for part in read_split(ctx.input_path("split", "split_csv")).values() for i, _ in part]
     paths = [image_path(root, i) for i in ids]
     return RealImages(ids, perceptual_hashes(paths, "hashing real images", cfg.data.max_image_pixels))
 
 
 def _gate(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
-    generated = ctx.run.root / ctx.inputs["generate"]["manifest"]
+    generated = ctx.input_path("generate", "manifest")
     rows = read_manifest(generated)
-    model, meta = load_classifier(ctx.run.root / ctx.inputs["classifier"]["model_dir"])
+    model, meta = load_classifier(ctx.input_path("classifier", "model_dir"))
     gated = gate_rows(
         rows,
         generated.parent,

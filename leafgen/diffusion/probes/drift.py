@@ -251,7 +251,8 @@ def _drift(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
         steps=g.num_inference_steps,
         guidance=g.guidance_scale,
     )
-    after = ctx.run.root / ctx.inputs["dreambooth"]["model_dir"]
+    after = ctx.input_path("dreambooth", "model_dir")
+    ctx.input_path("judge", "model_dir")  # checked here; probe_run loads it
     result = probe_run(cfg, absolute_if_local(cfg.base_model.name_or_path), str(after), ctx.dir, settings)
     instance, cls = instance_and_class(result)
     keys = ("prompt", "target_share_before", "target_share_after", "change", "change_ci95")
