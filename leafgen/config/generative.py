@@ -61,8 +61,7 @@ class DreamBoothConfig:
     """Optimiser steps of method dreambooth."""
     textual_inversion_learning_rate: float = 5e-2
     """Learning rate of the identifier embeddings under method textual_inversion (its own key, so a search
-    over ``method`` gives each method its own settings). On the embedded model 5e-2 for 400 steps raised
-    the judged share of the class by 17 points, 200 steps by 8 (docs/finetune_methods.md)."""
+    over ``method`` gives each method its own settings). docs/finetune_methods.md records what it measured."""
     textual_inversion_steps: int = 400
     """Optimiser steps of method textual_inversion."""
     clusters: int | Literal["auto"] = 1

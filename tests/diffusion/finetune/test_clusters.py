@@ -43,7 +43,7 @@ def test_cluster_tokens_and_prompts_hold_the_identifiers_place():
         ("<disease-leaf> leaf", "leaf"), "<disease-leaf>", cluster_tokens("<disease-leaf>", 2)
     )
     assert prompts == ["<disease-leaf-0> leaf", "<disease-leaf-1> leaf", "leaf"]
-    assert probe_prompts(prompts[:2])[:3] == [*prompts[:2], "a photo of a leaf"]
+    assert probe_prompts(prompts[:2])[:3] == [*prompts[:2], "leaf"]  # every cluster's, then the class
 
 
 def test_auto_picks_the_k_with_the_best_silhouette_and_records_it(tmp_path):

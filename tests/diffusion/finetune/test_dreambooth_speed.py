@@ -9,7 +9,8 @@ import torch
 
 from leafgen.diffusion import compilation
 
-from .test_dreambooth import CFG, image_sets, trainer  # noqa: F401 (image_sets is a fixture)
+from .conftest import trainer
+from .test_dreambooth import CFG
 
 
 def _steps(cfg, model_dir, sets, n=2):
@@ -19,7 +20,7 @@ def _steps(cfg, model_dir, sets, n=2):
     return t, losses, {k: v.detach().clone() for k, v in t.models.unet.named_parameters() if v.requires_grad}
 
 
-def test_fused_adamw_takes_the_same_steps(tiny_model_dir, image_sets):  # noqa: F811
+def test_fused_adamw_takes_the_same_steps(tiny_model_dir, image_sets):
     cfg = replace(CFG, lora_rank=4)
     _, plain_losses, plain = _steps(cfg, tiny_model_dir, image_sets)
     fused, fused_losses, weights = _steps(replace(cfg, fused_adam=True), tiny_model_dir, image_sets)
@@ -29,7 +30,7 @@ def test_fused_adamw_takes_the_same_steps(tiny_model_dir, image_sets):  # noqa: 
         torch.testing.assert_close(value, plain[name], rtol=1e-4, atol=1e-6)
 
 
-def test_compiled_unet_trains_like_the_eager_one(tiny_model_dir, image_sets, monkeypatch, tmp_path):  # noqa: F811
+def test_compiled_unet_trains_like_the_eager_one(tiny_model_dir, image_sets, monkeypatch, tmp_path):
     """Through dynamo and AOTAutograd without code generation (inductor's C++ build takes minutes on two
     CPU cores; the gpu-marked test compiles with inductor)."""
     monkeypatch.setattr(compilation, "COMPILE_BACKEND", "aot_eager")
