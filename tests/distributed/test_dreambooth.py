@@ -128,7 +128,9 @@ def inversion_run(dreambooth_run, tmp_path_factory):
     return run_dir, out.getvalue()
 
 
-def test_textual_inversion_with_clusters_trains_on_ray_and_loads_in_plain_diffusers(inversion_run, model_dir):
+def test_textual_inversion_with_clusters_trains_on_ray_and_loads_in_plain_diffusers(
+    inversion_run, dreambooth_run, model_dir
+):
     from safetensors.torch import load_file
 
     run_dir, printed = inversion_run

@@ -201,7 +201,9 @@ def test_error_allocation_reads_validation_never_test_and_is_recorded(generation
     run_dir = copy_run(src, tmp_path / "run")
     images = dataset_root(None, RunDir(run_dir).marker("dataset")["outputs"], run_dir) / "images"
     for image_id, _ in read_split(run_dir / "split" / "split.csv")["test"]:
-        (images / f"{image_id}.jpg").write_bytes(b"not an image")  # reading one would fail the stage
+        path = images / f"{image_id}.jpg"
+        # Zeros of the same size: the rerun's size check passes, reading one would fail the stage.
+        path.write_bytes(bytes(path.stat().st_size))
     overrides = [a for a in args[2:] if not a.startswith(("run_dir=", "generate.num_images"))]
     cfg = load_config(
         args[1],

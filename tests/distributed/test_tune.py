@@ -25,6 +25,7 @@ SEARCH = [
     "dreambooth.num_workers=1",
     "classifier.num_workers=1",
     "dreambooth.clusters=2",
+    "dreambooth.textual_inversion_steps=2",
     "tune.space={dreambooth.method: {choice: [dreambooth, textual_inversion]},"
     " mix.synthetic_ratio: {choice: [0.0, 1.0]}}",
     "tune.search_alg=grid",

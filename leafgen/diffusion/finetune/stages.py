@@ -91,6 +91,8 @@ def _target_train_images(cfg: PipelineConfig) -> int | None:
         return None
     path = run.root / marker["outputs"]["split_csv"]
     run.storage.pull(path)
+    if not path.is_file():  # damaged: the split is redone before this stage runs, and checked again then
+        return None
     target = CLASSES.index(cfg.data.target_class)
     return sum(label == target for _, label in read_split(path)["train"])
 
@@ -238,7 +240,7 @@ def _dreambooth(cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
             silhouette=clustering.silhouette,
             single_image_clusters=clustering.singletons,
         )
-        atomic.write_json(ctx.dir / SUMMARY_FILE, summary)  # last: the export is complete
+    atomic.write_json(ctx.dir / SUMMARY_FILE, summary)  # last: the export is complete
     if not keep:
         prune_checkpoints(ctx.dir / "ray", ctx.run.storage)
     return summary

@@ -149,7 +149,7 @@ def _error_allocation(cfg: PipelineConfig, ctx: StageContext, sources: list[tupl
             f"generate.allocation: 'errors' needs {cfg.data.target_class} images in the validation split, "
             "and it holds none: use allocation even, or a larger data.split validation share"
         )
-    model, _ = load_classifier(ctx.run.root / ctx.inputs["classifier"]["model_dir"])
+    model, _ = load_classifier(ctx.input_path("classifier", "model_dir"))
     size = input_size(cfg.classifier)
     cache, limit = ctx.run.root / CACHE_DIR, cfg.data.max_image_pixels
     return error_weights(
@@ -287,8 +287,9 @@ GENERATE = Stage(
     summary=lambda o: f"{o['images']} images",
     fn=_generate,
     config_keys=("base_model", *_IMAGE_KEYS, "data.target_class"),
-    # The gating classifier decides where rows go under allocation 'errors'.
-    inputs=("dataset", "split", "classifier"),
+    inputs=("dataset", "split"),
+    # The gating classifier decides where rows go under allocation 'errors', and only then is read.
+    inputs_when=lambda cfg: ("classifier",) if cfg.generate.allocation == "errors" else (),
     fingerprint_inputs=_prompt_file_checksum,
     check=_check_generate,
 )
