@@ -35,3 +35,15 @@ def trainer(cfg, model_dir, image_sets, crop="center", instance_clusters=None):
         torch.device("cpu"),
         instance_clusters=instance_clusters,
     )
+
+
+def resumed_pair(cfg, model_dir, image_sets, folder, steps):
+    """Two trainers: one trained ``steps`` steps and checkpointed to ``folder`` then stepped once more, one
+    resumed from that checkpoint, whose next step must match. Returns (straight, resumed, expected loss)."""
+    straight = trainer(cfg, model_dir, image_sets)
+    straight.train(steps)
+    straight.save_checkpoint(folder)
+    expected = straight.optimizer_step()["loss"]
+    resumed = trainer(cfg, model_dir, image_sets)
+    resumed.load_checkpoint(folder)
+    return straight, resumed, expected

@@ -16,7 +16,7 @@ from leafgen.diffusion.finetune.output import save_dreambooth, validation_grid
 from leafgen.errors import LeafgenError
 
 from ..conftest import IDENTIFIER
-from .conftest import trainer
+from .conftest import resumed_pair, trainer
 
 CFG = DreamBoothConfig(
     num_class_images=4,
@@ -100,13 +100,7 @@ def test_gradient_accumulation_steps_the_optimiser_once_per_k_micro_batches(tiny
 
 def test_checkpoint_resume_continues_the_same_run(tiny_model_dir, image_sets, tmp_path):
     cfg = replace(CFG, lora_rank=2, max_train_steps=6, crop="random")
-    straight = trainer(cfg, tiny_model_dir, image_sets)
-    straight.train(3)
-    straight.save_checkpoint(tmp_path / "ckpt")
-    expected = straight.optimizer_step()["loss"]
-
-    resumed = trainer(cfg, tiny_model_dir, image_sets)
-    resumed.load_checkpoint(tmp_path / "ckpt")
+    _, resumed, expected = resumed_pair(cfg, tiny_model_dir, image_sets, tmp_path / "ckpt", 3)
     assert resumed.step == 3
     assert resumed.optimizer_step()["loss"] == pytest.approx(expected, rel=1e-5)
 

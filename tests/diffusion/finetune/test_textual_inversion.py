@@ -16,7 +16,7 @@ from leafgen.diffusion.finetune.adapters import EngineSettings, load_generation_
 from leafgen.diffusion.finetune.output import save_dreambooth
 
 from ..conftest import IDENTIFIER
-from .conftest import trainer
+from .conftest import resumed_pair, trainer
 
 TI = DreamBoothConfig(
     method="textual_inversion",
@@ -58,13 +58,7 @@ def test_prior_preservation_does_not_apply(tiny_model_dir, image_sets):
 
 def test_a_checkpoint_resumes_the_same_run(tiny_model_dir, image_sets, tmp_path):
     cfg = replace(TI, crop="random", textual_inversion_steps=6)
-    straight = trainer(cfg, tiny_model_dir, image_sets)
-    straight.train(2)
-    straight.save_checkpoint(tmp_path / "ckpt")
-    expected = straight.optimizer_step()["loss"]
-
-    resumed = trainer(cfg, tiny_model_dir, image_sets)
-    resumed.load_checkpoint(tmp_path / "ckpt")
+    straight, resumed, expected = resumed_pair(cfg, tiny_model_dir, image_sets, tmp_path / "ckpt", 2)
     assert resumed.step == 2
     assert resumed.optimizer_step()["loss"] == pytest.approx(expected, rel=1e-5)
     row = straight.models.token_id
