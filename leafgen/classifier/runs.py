@@ -123,6 +123,12 @@ class BestKeeper:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def marker_history(out: Path) -> list[dict[str, Any]]:
+    """Every epoch's report of a finished run as rank 0 recorded it (its done marker); [] before the end."""
+    marker = out / DONE_FILE
+    return json.loads(marker.read_text()).get("history", []) if marker.is_file() else []
+
+
 def best_copy(folder: Path) -> Path | None:
     """The folder of a run's best epoch, as its pointer names it; None before the first epoch."""
     pointer = folder / POINTER_FILE
@@ -147,18 +153,28 @@ def train_runs(
     checkpoint; ``localize`` maps a run path onto this node (pulling it when the run lives on object
     storage) and ``persist`` pushes what rank 0 writes (both no-ops on a shared disk)."""
     worker = worker or WorkerContext()
-    resumed = json.loads((resume_from / RUN_FILE).read_text())["run_id"] if resume_from else None
+    resumed = json.loads((resume_from / RUN_FILE).read_text()) if resume_from else {}
     for spec in specs:
         out = localize(spec.out)  # this node's copy of the run's folder (pulled when the run is remote)
         if (out / DONE_FILE).is_file():
             continue
         cfg = spec.config
         keeper = BestKeeper(out / BEST_DIR, cfg.checkpoint_metric, persist) if worker.rank == 0 else None
+        own = resumed.get("run_id") == spec.run_id
+        # Rank 0's own record of the run's epochs, carried by every checkpoint and the done marker: the
+        # driver logs a report only after the worker made it, so a driver killed in between would
+        # otherwise find the run done with its last epochs missing from its history.
+        history: list[dict[str, Any]] = list(resumed.get("history", [])) if own else []
 
-        def tagged(metrics: dict[str, Any], checkpoint: Path | None, spec: RunSpec = spec, keeper=keeper):
+        def tagged(
+            metrics: dict[str, Any], checkpoint: Path | None, spec=spec, keeper=keeper, history=history
+        ):
             metrics = {**metrics, "run": spec.run_id}
             if checkpoint is not None:
-                (checkpoint / RUN_FILE).write_text(json.dumps({"run_id": spec.run_id}))
+                history.append(metrics)
+                (checkpoint / RUN_FILE).write_text(
+                    json.dumps({"run_id": spec.run_id, "history": history}, default=float)
+                )
                 if keeper is not None:
                     keeper.offer(metrics, checkpoint)
             report(metrics, checkpoint)
@@ -171,10 +187,10 @@ def train_runs(
             tagged,
             target_class=spec.target_class,
             worker=worker,
-            resume_from=resume_from if resumed == spec.run_id else None,
+            resume_from=resume_from if own else None,
             amp_dtype=amp_dtype,
             synthetic=SyntheticUse(**spec.synthetic) if spec.synthetic else None,
         )
         if worker.rank == 0:
-            atomic.write_json(out / DONE_FILE, {"run_id": spec.run_id, "epochs": cfg.epochs})
+            atomic.write_json(out / DONE_FILE, {"run_id": spec.run_id, "epochs": cfg.epochs, "history": history})
             persist(out / DONE_FILE)

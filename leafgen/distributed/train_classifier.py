@@ -22,7 +22,7 @@ from ray.train import CheckpointConfig, UserCallback
 from torch.utils.tensorboard import SummaryWriter
 
 from leafgen.classifier.export import LOG_DIR
-from leafgen.classifier.runs import BEST_DIR, RunSpec, train_runs
+from leafgen.classifier.runs import BEST_DIR, RunSpec, marker_history, train_runs
 from leafgen.config import PipelineConfig, fingerprint
 from leafgen.distributed.torch_trainer import (
     RankZeroLog,
@@ -37,8 +37,12 @@ from leafgen.run_storage import RunStorage
 
 
 def read_history(storage: Path) -> list[dict[str, Any]]:
-    """Rank 0's metrics per epoch of the run whose log folder is ``storage``."""
-    return read_rank_zero_history(storage, "epoch")
+    """Rank 0's metrics per epoch of the run whose log folder is ``storage`` (``<out>/ray``): the
+    driver's log, with any epoch it missed (killed between the worker's report and its own write) taken
+    from the finished run's done marker."""
+    rows = {row["epoch"]: row for row in marker_history(storage.parent)}
+    rows.update({row["epoch"]: row for row in read_rank_zero_history(storage, "epoch")})
+    return [rows[k] for k in sorted(rows)]
 
 
 class EpochMetrics(RankZeroLog):

@@ -11,7 +11,15 @@ import pytest
 from safetensors.torch import load_file
 
 from leafgen.classifier.export import export_run
-from leafgen.classifier.runs import BEST_DIR, DONE_FILE, RUN_FILE, best_copy, spec_for, train_runs
+from leafgen.classifier.runs import (
+    BEST_DIR,
+    DONE_FILE,
+    RUN_FILE,
+    best_copy,
+    marker_history,
+    spec_for,
+    train_runs,
+)
 from leafgen.classifier.sampling import SyntheticUse
 from leafgen.config import load_config
 
@@ -117,9 +125,12 @@ def test_an_interrupted_group_skips_finished_runs_and_resumes_to_the_same_weight
     with pytest.raises(Interrupted):
         train_runs(specs, report)
     assert specs[0].done() and not specs[1].done()
-    assert json.loads((kept / RUN_FILE).read_text()) == {"run_id": "b/seed_1"}
+    carried = json.loads((kept / RUN_FILE).read_text())
+    assert carried["run_id"] == "b/seed_1" and [row["epoch"] for row in carried["history"]] == [1]
     resumed = []
     train_runs(specs, lambda m, c: resumed.append((m["run"], m["epoch"], m["start_epoch"])), resume_from=kept)
     assert resumed == [("b/seed_1", 2, 2)]  # run a is not trained again; run b continues after epoch 1
+    # The done marker holds every epoch, those before the interruption too (rank 0's own record).
+    assert [(r["run"], r["epoch"]) for r in marker_history(Path(specs[1].out))] == [("b/seed_1", 1), ("b/seed_1", 2)]
     for done, whole in zip(specs, straight):
         assert _same(_weights(done), _weights(whole))

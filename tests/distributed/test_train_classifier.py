@@ -170,3 +170,16 @@ def test_interrupted_driver_resumes_with_the_same_command(ray_cluster, data_run,
     assert [row["epoch"] for row in history] == list(range(1, 9))
     assert history[-1]["start_epoch"] > 1, history  # continued, not started over
     assert "held-out test split" in done.stdout
+
+
+def test_an_epoch_the_driver_missed_is_read_from_the_done_marker(tmp_path):
+    # A driver killed between a worker's last report and its own log write finds the run done with its
+    # history one epoch short; rank 0's done marker holds every epoch.
+    log = tmp_path / "ray"
+    log.mkdir()
+    (log / "history.jsonl").write_text(json.dumps({"epoch": 1, "val/accuracy": 0.5, "by": "driver"}) + "\n")
+    marker = [{"epoch": 1, "val/accuracy": 0.5}, {"epoch": 2, "val/accuracy": 0.75}]
+    (tmp_path / "train_done.json").write_text(json.dumps({"run_id": "a", "epochs": 2, "history": marker}))
+    history = read_history(log)
+    assert [row["epoch"] for row in history] == [1, 2] and history[0]["by"] == "driver"
+    assert history[1]["val/accuracy"] == 0.75
