@@ -192,5 +192,7 @@ def train_runs(
             synthetic=SyntheticUse(**spec.synthetic) if spec.synthetic else None,
         )
         if worker.rank == 0:
-            atomic.write_json(out / DONE_FILE, {"run_id": spec.run_id, "epochs": cfg.epochs, "history": history})
+            atomic.write_json(
+                out / DONE_FILE, {"run_id": spec.run_id, "epochs": cfg.epochs, "history": history}
+            )
             persist(out / DONE_FILE)

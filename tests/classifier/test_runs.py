@@ -131,6 +131,9 @@ def test_an_interrupted_group_skips_finished_runs_and_resumes_to_the_same_weight
     train_runs(specs, lambda m, c: resumed.append((m["run"], m["epoch"], m["start_epoch"])), resume_from=kept)
     assert resumed == [("b/seed_1", 2, 2)]  # run a is not trained again; run b continues after epoch 1
     # The done marker holds every epoch, those before the interruption too (rank 0's own record).
-    assert [(r["run"], r["epoch"]) for r in marker_history(Path(specs[1].out))] == [("b/seed_1", 1), ("b/seed_1", 2)]
+    assert [(r["run"], r["epoch"]) for r in marker_history(Path(specs[1].out))] == [
+        ("b/seed_1", 1),
+        ("b/seed_1", 2),
+    ]
     for done, whole in zip(specs, straight):
         assert _same(_weights(done), _weights(whole))
