@@ -4,10 +4,13 @@ The judge counts the target class in generated images, so it must find the class
 without calling other classes' images the target (for multiple_diseases: rust leaves). This trains each
 recipe given (``KEY=VALUE,...`` overrides of the classifier section plus ``balance``) in one process, on
 the train split of a run directory whose dataset and split stages are complete, picks the best epoch on
-validation as the pipeline does, and prints its held-out test figures:
+validation as the pipeline does, and prints its validation figures at that epoch (what a recipe may be
+chosen on) beside its held-out test figures (what the report states, never a basis for choosing), per seed
+and as a mean over ``--seeds``:
 
     leafgen run --config configs/demo.yaml --only dataset --only split
-    python benchmarks/judge_recipes.py --run runs/demo "balance=sampling,epochs=8" "balance=loss,epochs=8"
+    python benchmarks/judge_recipes.py --run runs/demo --seeds 1000 1001 \
+        "balance=sampling,epochs=8" "balance=loss,epochs=8"
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def train_recipe(cfg, arrays: dict[str, Path], folder: Path) -> tuple[dict, floa
     def report(metrics: dict, checkpoint: Path | None) -> None:
         score = metrics.get(metric, -math.inf)
         if checkpoint is not None and score >= best["score"]:
-            best.update(score=score, epoch=metrics["epoch"])
+            best.update(score=score, epoch=metrics["epoch"], val=metrics)
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             for name in (MODEL_FILE, META_FILE):
@@ -52,7 +55,20 @@ def train_recipe(cfg, arrays: dict[str, Path], folder: Path) -> tuple[dict, floa
     fit(cfg.classifier, train, val, report, target_class=cfg.data.target_class)
     probs = predict_split(folder, np.load(arrays["test_images"], mmap_mode="r"), False)
     test = classification_metrics(np.load(arrays["test_labels"]), probs, cfg.data.target_class)
-    return {**test, "best_epoch": best["epoch"]}, time.perf_counter() - t0
+    val = {k.removeprefix("val/"): v for k, v in best["val"].items() if k.startswith("val/")}
+    return {"test": test, "val": val, "best_epoch": best["epoch"]}, time.perf_counter() - t0
+
+
+def _figures(metrics: dict, target: int) -> dict:
+    """Accuracy, the target's recall and the share of each other class's images called the target."""
+    matrix = np.asarray(metrics["confusion_matrix"], dtype=float)
+    called = {c: matrix[i, target] / matrix[i].sum() for i, c in enumerate(CLASSES) if i != target}
+    return {"accuracy": metrics["accuracy"], "target_recall": metrics["target_recall"], "called": called}
+
+
+def _line(figures: dict) -> str:
+    called = " ".join(f"{c[:4]} {v:.3f}" for c, v in figures["called"].items())
+    return f"acc {figures['accuracy']:.3f} recall {figures['target_recall']:.3f} called: {called}"
 
 
 def main() -> None:
@@ -61,7 +77,7 @@ def main() -> None:
         "--run", type=Path, default=Path("runs/demo"), help="run directory with dataset and split"
     )
     ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
-    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1000])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="also write the figures as JSON here")
     ap.add_argument("recipes", nargs="+", help="comma-separated overrides, e.g. balance=sampling,epochs=8")
@@ -69,39 +85,50 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = load_config(args.config, [f"run_dir={args.run}"])
     run = RunDir(base.run_dir)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ctx = StageContext(run, Path(tmp), {n: run.marker(n)["outputs"] for n in ("dataset", "split")})
         arrays = cache_split_arrays(base, ctx)
         target = CLASSES.index(base.data.target_class)
-        rows = []
         for recipe in args.recipes:
             settings = dict(item.split("=", 1) for item in recipe.split(","))
             balance = settings.pop("balance", "sampling")
-            cfg = recipe_config(base, balance, args.seed)
-            cfg = replace(
-                cfg, classifier=replace(cfg.classifier, **{k: _value(v) for k, v in settings.items()})
-            )
-            test, seconds = train_recipe(cfg, arrays, Path(tmp) / "model")
-            matrix = np.asarray(test["confusion_matrix"], dtype=float)
-            called = {c: matrix[i, target] / matrix[i].sum() for i, c in enumerate(CLASSES) if i != target}
-            row = {
-                "recipe": recipe,
-                "accuracy": test["accuracy"],
-                "target_recall": test["target_recall"],
-                "called_target": called,
-                "best_epoch": test["best_epoch"],
-                "seconds": seconds,
+            for seed in args.seeds:
+                cfg = recipe_config(base, balance, seed)
+                cfg = replace(
+                    cfg, classifier=replace(cfg.classifier, **{k: _value(v) for k, v in settings.items()})
+                )
+                out, seconds = train_recipe(cfg, arrays, Path(tmp) / "model")
+                row = {
+                    "recipe": recipe,
+                    "seed": seed,
+                    "val": _figures(out["val"], target),
+                    "test": _figures(out["test"], target),
+                    "best_epoch": out["best_epoch"],
+                    "seconds": seconds,
+                }
+                rows.append(row)
+                print(
+                    f"{recipe} seed {seed} (best epoch {row['best_epoch']}, {seconds:.0f}s)\n"
+                    f"    val  {_line(row['val'])}\n    test {_line(row['test'])}",
+                    flush=True,
+                )
+    print(f"\nmeans over seeds {args.seeds}:")
+    for recipe in args.recipes:
+        mine = [r for r in rows if r["recipe"] == recipe]
+        for split in ("val", "test"):
+            mean = {
+                "accuracy": np.mean([r[split]["accuracy"] for r in mine]),
+                "target_recall": np.mean([r[split]["target_recall"] for r in mine]),
+                "called": {
+                    c: np.mean([r[split]["called"][c] for r in mine])
+                    for c in CLASSES
+                    if c in mine[0][split]["called"]
+                },
             }
-            rows.append(row)
-            others = ", ".join(f"{c} {v:.3f}" for c, v in called.items())
-            print(
-                f"{recipe:<48} accuracy {row['accuracy']:.3f}  {base.data.target_class} recall "
-                f"{row['target_recall']:.3f}  called {base.data.target_class}: {others}  "
-                f"(best epoch {row['best_epoch']}, {seconds:.0f}s)",
-                flush=True,
-            )
+            print(f"{recipe:<44} {split:<4} {_line(mean)}")
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2))
+        args.out.write_text(json.dumps(rows, indent=2, default=float))
 
 
 def _value(text: str):
