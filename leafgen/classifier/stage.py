@@ -91,14 +91,15 @@ def recipe_config(cfg: PipelineConfig, balance: str, seed: int) -> PipelineConfi
 
 
 def judge_config(cfg: PipelineConfig) -> PipelineConfig:
-    """The judge's own recipe (``eval.judge``): its seed, rebalancing and epochs; unset fields are the
-    classifier's."""
+    """The judge's own recipe (``eval.judge``): its seed, rebalancing, epochs and worker count; unset
+    fields are the classifier's."""
     j = cfg.eval.judge
     out = recipe_config(cfg, j.balance, j.seed)
     given = {
         "learning_rate": j.learning_rate,
         "label_smoothing": j.label_smoothing,
         "checkpoint_metric": j.checkpoint_metric,
+        "num_workers": j.num_workers,
     }
     c = replace(out.classifier, epochs=j.epochs, **{k: v for k, v in given.items() if v is not None})
     return replace(out, classifier=c)
@@ -145,6 +146,7 @@ JUDGE = Stage(
         "eval.judge.learning_rate",
         "eval.judge.label_smoothing",
         "eval.judge.checkpoint_metric",
+        "eval.judge.num_workers",
         "data.target_class",
     ),
     inputs=("dataset", "split"),

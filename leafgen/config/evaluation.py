@@ -92,6 +92,10 @@ class JudgeConfig:
     """Cross-entropy label smoothing; None: classifier.label_smoothing."""
     checkpoint_metric: str | None = None
     """Validation metric that picks the judge's best epoch; None: classifier.checkpoint_metric."""
+    num_workers: int | None = None
+    """Ray Train workers of the judge's training; None: classifier.num_workers. Part of the recipe: DDP
+    splits each batch across workers (batch-norm statistics per worker, augmentation per rank), so the
+    same recipe and seed train another model on another worker count."""
     min_accuracy: float = 0.93
     """The judge is reported as weak, at the top of every section it measures for, below this test
     accuracy."""
@@ -104,6 +108,7 @@ class JudgeConfig:
     def __post_init__(self) -> None:
         positive("epochs", self.epochs)
         positive("learning_rate", self.learning_rate)
+        positive("num_workers", self.num_workers)
         metrics = validation_metrics()
         if self.checkpoint_metric is not None and self.checkpoint_metric not in metrics:
             raise FieldError(

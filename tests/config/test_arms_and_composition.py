@@ -63,6 +63,7 @@ def test_arms_listed_in_a_file_are_exactly_those(tmp_path):
         (["eval.references=[baseline, cheap]"], r"eval\.references: 'cheap' is not an arm"),
         (["generate.num_images=0"], r"eval\.arms\[augmented\]\.train: trains on synthetic images"),
         (["eval.judge.epochs=0"], r"eval\.judge\.epochs: must be > 0"),
+        (["eval.judge.num_workers=0"], r"eval\.judge\.num_workers: must be > 0"),
         (["eval.drift_samples=0"], r"eval\.drift_samples: must be > 0"),
         (["tune.arm=nosuch"], r"tune\.arm: 'nosuch' is not an arm"),
     ],
@@ -70,6 +71,16 @@ def test_arms_listed_in_a_file_are_exactly_those(tmp_path):
 def test_bad_arms_and_judge_settings_name_the_arm_and_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_the_judge_recipe_overrides_only_what_it_sets():
+    from leafgen.classifier.stage import judge_config
+
+    cfg = load_config(None, ["classifier.num_workers=2", "eval.judge.num_workers=1", "eval.judge.epochs=5"])
+    judge = judge_config(cfg).classifier
+    assert (judge.num_workers, judge.epochs, judge.seed, judge.balanced_sampling) == (1, 5, 1000, True)
+    assert judge.learning_rate == cfg.classifier.learning_rate  # unset: the classifier's
+    assert judge_config(load_config(None, ["classifier.num_workers=2"])).classifier.num_workers == 2
 
 
 def test_a_config_extends_its_base_file_section_by_section(tmp_path):
