@@ -32,7 +32,7 @@ from leafgen.classifier.metrics import classification_metrics
 from leafgen.classifier.stage import cache_split_arrays, recipe_config
 from leafgen.classifier.training import META_FILE, MODEL_FILE, SplitArrays, fit
 from leafgen.config import load_config
-from leafgen.labels import CLASSES
+from leafgen.report.judge import judge_quality
 from leafgen.stages import RunDir, StageContext
 
 
@@ -59,15 +59,8 @@ def train_recipe(cfg, arrays: dict[str, Path], folder: Path) -> tuple[dict, floa
     return {"test": test, "val": val, "best_epoch": best["epoch"]}, time.perf_counter() - t0
 
 
-def _figures(metrics: dict, target: int) -> dict:
-    """Accuracy, the target's recall and the share of each other class's images called the target."""
-    matrix = np.asarray(metrics["confusion_matrix"], dtype=float)
-    called = {c: matrix[i, target] / matrix[i].sum() for i, c in enumerate(CLASSES) if i != target}
-    return {"accuracy": metrics["accuracy"], "target_recall": metrics["target_recall"], "called": called}
-
-
 def _line(figures: dict) -> str:
-    called = " ".join(f"{c[:4]} {v:.3f}" for c, v in figures["called"].items())
+    called = " ".join(f"{c[:4]} {v:.3f}" for c, v in figures["called_target"].items())
     return f"acc {figures['accuracy']:.3f} recall {figures['target_recall']:.3f} called: {called}"
 
 
@@ -89,7 +82,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ctx = StageContext(run, Path(tmp), {n: run.marker(n)["outputs"] for n in ("dataset", "split")})
         arrays = cache_split_arrays(base, ctx)
-        target = CLASSES.index(base.data.target_class)
         for recipe in args.recipes:
             settings = dict(item.split("=", 1) for item in recipe.split(","))
             balance = settings.pop("balance", "sampling")
@@ -102,8 +94,8 @@ def main() -> None:
                 row = {
                     "recipe": recipe,
                     "seed": seed,
-                    "val": _figures(out["val"], target),
-                    "test": _figures(out["test"], target),
+                    "val": judge_quality(out["val"], base.data.target_class, base.eval.judge),
+                    "test": judge_quality(out["test"], base.data.target_class, base.eval.judge),
                     "best_epoch": out["best_epoch"],
                     "seconds": seconds,
                 }
@@ -120,10 +112,9 @@ def main() -> None:
             mean = {
                 "accuracy": np.mean([r[split]["accuracy"] for r in mine]),
                 "target_recall": np.mean([r[split]["target_recall"] for r in mine]),
-                "called": {
-                    c: np.mean([r[split]["called"][c] for r in mine])
-                    for c in CLASSES
-                    if c in mine[0][split]["called"]
+                "called_target": {
+                    c: np.mean([r[split]["called_target"][c] for r in mine])
+                    for c in mine[0][split]["called_target"]
                 },
             }
             print(f"{recipe:<44} {split:<4} {_line(mean)}")
