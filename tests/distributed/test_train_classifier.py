@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import pytest
 
+from leafgen.classifier.runs import DONE_FILE
 from leafgen.cli import main
 from leafgen.config import load_config
 from leafgen.data.stages import dataset_root
@@ -179,7 +180,7 @@ def test_an_epoch_the_driver_missed_is_read_from_the_done_marker(tmp_path):
     log.mkdir()
     (log / "history.jsonl").write_text(json.dumps({"epoch": 1, "val/accuracy": 0.5, "by": "driver"}) + "\n")
     marker = [{"epoch": 1, "val/accuracy": 0.5}, {"epoch": 2, "val/accuracy": 0.75}]
-    (tmp_path / "train_done.json").write_text(json.dumps({"run_id": "a", "epochs": 2, "history": marker}))
+    (tmp_path / DONE_FILE).write_text(json.dumps({"run_id": "a", "epochs": 2, "history": marker}))
     history = read_history(log)
     assert [row["epoch"] for row in history] == [1, 2] and history[0]["by"] == "driver"
     assert history[1]["val/accuracy"] == 0.75
