@@ -7,10 +7,10 @@ question here is only whether the tokens learn their kind). Candidate fine-tunes
 inversion at 400 and 1200 steps, DreamBooth LoRA with two tokens and no prior) each draw ``--samples``
 images per token; every sample is assigned to the nearer kind centroid (cosine) in a judge's features.
 
-Judges are the demo's recipe on the demo's leaves (as finetune_judges.py trains them, reused from
-``--work``): seeds 1005-1007 *select* (the candidate whose smaller own-kind share is highest on their
-mean), seeds 1000-1004 *measure* the selected one, so the setting is not picked on the figures that
-report it. Run finetune_judges.py with the same ``--work`` first.
+Judges are the demo's recipe on the demo's leaves, trained as finetune_judges.py trains them (and reused
+from its ``--work`` when given the same one): seeds 1005-1007 *select* (the candidate whose smaller
+own-kind share is highest on their mean), seeds 1000-1004 *measure* the selected one, so the setting is
+not picked on the figures that report it.
 
     python benchmarks/finetune_judges.py --work runs/judges --judges 5
     python benchmarks/cluster_tokens.py --work runs/judges --out docs/finetune_judges/cluster_tokens.json
@@ -25,30 +25,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from finetune_judges import SIZE, fine_tune, train_judges, world
+from finetune_judges import SIZE, fine_tune, load_world, nearest_group, paint_kinds, train_judges
 
 from leafgen.config import load_config
-from leafgen.data.cache import ensure_cached
-from leafgen.data.images import image_path
-from leafgen.data.procedural import ProceduralSpec, make_dataset
 from leafgen.diffusion.components import EMBEDDED_NAME
 from leafgen.diffusion.finetune.adapters import EngineSettings, load_generation_pipeline
-from leafgen.diffusion.finetune.clusters import image_features
 from leafgen.diffusion.finetune.identifier import cluster_tokens, identifier_prompts
-from leafgen.diffusion.probes.evaluate import classifier_features, generate
-from leafgen.labels import CLASSES
+from leafgen.diffusion.probes.evaluate import generate
 
 
 def own_kind_shares(judge, kind_paths, kinds, samples) -> list[float]:
     """Per token, the share of its samples nearer its own kind's centroid in ``judge``'s features."""
-    feats = image_features(kind_paths, judge, SIZE)
-    centroids = F.normalize(torch.stack([torch.from_numpy(feats[kinds == k].mean(0)) for k in (0, 1)]), dim=1)
-    shares = []
-    for kind, images in enumerate(samples):
-        f = F.normalize(classifier_features(judge, images, SIZE).float(), dim=1)
-        shares.append(float(((f @ centroids.T).argmax(1) == kind).float().mean()))
-    return shares
+    nearest = nearest_group(judge, kind_paths, kinds, samples)
+    return [float((groups == kind).mean()) for kind, groups in enumerate(nearest)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,17 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     cfg = load_config("configs/demo.yaml")
-    demo = cfg.data.procedural
-    spec = ProceduralSpec(scale=demo.scale, size=demo.size, seed=demo.seed, test_fraction=0.0)
-    root = make_dataset(args.work / "leaves", spec, workers=2, progress=False)
-    labels = np.array([CLASSES.index(c) for c in spec.labels("train")])
-    paths = [image_path(root / "images", f"Train_{i}") for i in range(len(labels))]
-    images = np.load(ensure_cached(paths, SIZE, root / "cache"))
-    train, val, _ = world("demo", labels)
+    (images, labels, _), (train, val, _) = load_world(args.work, "demo")
     selectors = train_judges(args.work, [1005, 1006, 1007], images, labels, train, val)
     measurers = train_judges(args.work, [1000, 1001, 1002, 1003, 1004], images, labels, train, val)
-    kind_paths = sorted((args.work / "kinds").glob("kind*.png"))  # painted by finetune_judges.py
-    kinds = np.array([int(p.stem[len("kind")]) for p in kind_paths])
+    kind_paths, kinds = paint_kinds(args.work / "kinds")
 
     db = replace(cfg.dreambooth, validation_steps=10**6, checkpointing_steps=10**6, clusters=2)
     candidates = {

@@ -75,19 +75,54 @@ def keep_best(folder: Path, metric: str | None, seen: list[dict]):
     return report
 
 
-def world(name: str, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(judges' train, judges' validation, fine-tunes' instance pool) masks of the leaves: the demo's split
-    (configs/demo.yaml ``data.split``; the fine-tunes learn from the train split, as the pipeline's and the
-    effect test's do), or for the other seed's leaves every fifth leaf validating and the fine-tunes
-    learning from every leaf of the class."""
+def load_world(work: Path, name: str):
+    """The leaves of world ``name`` at the model's size: (images, labels, files) and the (judges' train,
+    judges' validation, fine-tunes' instance pool) masks. 'demo': the demo's leaves and split
+    (configs/demo.yaml ``data``; the fine-tunes learn from the train split, as the pipeline's and the effect
+    test's do); 'other-seed': leaves of seed 11 at 30% of Kaggle's size, every fifth leaf validating and
+    the fine-tunes learning from every leaf of the class."""
+    data = load_config("configs/demo.yaml").data
+    demo = data.procedural
+    spec = (
+        ProceduralSpec(scale=0.3, size=192, seed=11, test_fraction=0.0)
+        if name == "other-seed"
+        else ProceduralSpec(scale=demo.scale, size=demo.size, seed=demo.seed, test_fraction=0.0)
+    )
+    root = make_dataset(work / "leaves", spec, workers=2, progress=False)
+    labels = np.array([CLASSES.index(c) for c in spec.labels("train")])
+    ids = [f"Train_{i}" for i in range(len(labels))]
+    paths = [image_path(root / "images", i) for i in ids]
+    images = np.load(ensure_cached(paths, SIZE, root / "cache"))
     if name == "other-seed":
         val = np.arange(len(labels)) % 5 == 0
-        return ~val, val, np.ones_like(val)
-    data = load_config("configs/demo.yaml").data
-    ids = [f"Train_{i}" for i in range(len(labels))]
+        return (images, labels, paths), (~val, val, np.ones_like(val))
     part = stratified_split(ids, labels, tuple(data.split), data.split_seed)
     split = np.array([part[i] for i in ids])
-    return split == "train", split == "val", split == "train"
+    return (images, labels, paths), (split == "train", split == "val", split == "train")
+
+
+def paint_kinds(folder: Path) -> tuple[list[Path], np.ndarray]:
+    """16 leaves of the class painted in each of ``KINDS``, and each one's kind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, kinds = [], []
+    for kind, marks in enumerate(KINDS):
+        for i in range(16):
+            paths.append(folder / f"kind{kind}_{i}.png")
+            kinds.append(kind)
+            render("multiple_diseases", np.random.default_rng([77, kind, i]), 192, marks).save(paths[-1])
+    return paths, np.array(kinds)
+
+
+def nearest_group(
+    judge, paths: list[Path], groups: np.ndarray, samples: list[torch.Tensor]
+) -> list[np.ndarray]:
+    """For each image of each batch in ``samples``, the group (0 or 1) of ``paths`` whose mean feature is
+    nearer (cosine) in ``judge``'s penultimate features, as k-means compared them."""
+    feats = image_features(paths, judge, SIZE)
+    means = [torch.from_numpy(feats[groups == g].mean(0)) for g in (0, 1)]
+    centroids = F.normalize(torch.stack(means), dim=1)
+    features = [F.normalize(classifier_features(judge, x, SIZE).float(), dim=1) for x in samples]
+    return [(f @ centroids.T).argmax(1).numpy() for f in features]
 
 
 def train_judges(work: Path, seeds: list[int], images, labels, train, val) -> list[dict]:
@@ -133,17 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
-    demo = load_config("configs/demo.yaml").data.procedural
-    spec = (
-        ProceduralSpec(scale=0.3, size=192, seed=11, test_fraction=0.0)
-        if args.world == "other-seed"
-        else ProceduralSpec(scale=demo.scale, size=demo.size, seed=demo.seed, test_fraction=0.0)
-    )
-    root = make_dataset(args.work / "leaves", spec, workers=2, progress=False)
-    labels = np.array([CLASSES.index(c) for c in spec.labels("train")])
-    paths = [image_path(root / "images", f"Train_{i}") for i in range(len(labels))]
-    images = np.load(ensure_cached(paths, SIZE, root / "cache"))
-    train, val, taught = world(args.world, labels)
+    (images, labels, paths), (train, val, taught) = load_world(args.work, args.world)
     judges = train_judges(args.work, list(range(1000, 1000 + args.judges)), images, labels, train, val)
 
     db = replace(load_config("configs/demo.yaml").dreambooth, validation_steps=1000, checkpointing_steps=1000)
@@ -196,15 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         print(row, flush=True)
 
     # Two kinds of the class, clustered on the first judge's features, one token each.
-    kinds_dir = args.work / "kinds"
-    kinds_dir.mkdir(exist_ok=True)
-    kind_paths, kinds = [], []
-    for kind, marks in enumerate(KINDS):
-        for i in range(16):
-            kind_paths.append(kinds_dir / f"kind{kind}_{i}.png")
-            kinds.append(kind)
-            render("multiple_diseases", np.random.default_rng([77, kind, i]), 192, marks).save(kind_paths[-1])
-    kinds = np.array(kinds)
+    kind_paths, kinds = paint_kinds(args.work / "kinds")
     feats0 = image_features(kind_paths, judges[0]["model"], SIZE)
     clustering = cluster_images([p.stem for p in kind_paths], feats0, 2, 2, 0, db.identifier_token, "judge")
     cl = np.asarray(clustering.labels)
@@ -217,14 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     token_samples.append(samples["base"][db.instance_prompt])
     cluster_rows = []
     for judge in judges:
-        feats = image_features(kind_paths, judge["model"], SIZE)
-        centroids = F.normalize(
-            torch.stack([torch.from_numpy(feats[cl == c].mean(0)) for c in (0, 1)]), dim=1
-        )
-        nearer0 = []
-        for x in token_samples:
-            f = F.normalize(classifier_features(judge["model"], x, SIZE).float(), dim=1)
-            nearer0.append(float(((f @ centroids.T).argmax(1) == 0).float().mean()))
+        nearest = nearest_group(judge["model"], kind_paths, cl, token_samples)
+        nearer0 = [float((groups == 0).mean()) for groups in nearest]
         cluster_rows.append(
             {"seed": judge["seed"], "nearer_cluster0": dict(zip(["token0", "token1", "base"], nearer0))}
         )
