@@ -17,7 +17,8 @@ leaves of another seed), and measures the same samples with every one of them:
 
 Every model draws ``--samples`` images per prompt with seeds 0..n-1 (20 DPM-Solver++ steps, guidance 3),
 once; only the judging repeats. Each judge's validation accuracy and multiple_diseases recall are printed
-beside its figures. The JSON goes to ``--out``.
+beside its figures, and the panel's mean change per fine-tune and prompt with a 95% paired bootstrap
+interval over the samples. The JSON goes to ``--out``.
 
     python benchmarks/finetune_judges.py --work runs/judges --judges 5 --out docs/finetune_judges/demo.json
     python benchmarks/finetune_judges.py --world other-seed --work runs/judges_seed11 --judges 5 \
@@ -51,6 +52,7 @@ from leafgen.diffusion.finetune.adapters import EngineSettings, load_generation_
 from leafgen.diffusion.finetune.clusters import cluster_images, image_features
 from leafgen.diffusion.finetune.identifier import identifier_prompts
 from leafgen.diffusion.finetune.train import export_checkpoint, fit_dreambooth
+from leafgen.diffusion.probes.drift import paired_change
 from leafgen.diffusion.probes.evaluate import classifier_features, classifier_probs, generate
 from leafgen.labels import CLASSES
 
@@ -210,15 +212,35 @@ def main(argv: list[str] | None = None) -> None:
         for name in models
     }
     print("leaf samples' mean absolute pixel change from the base model's:", leaf_change, flush=True)
+    # hits[key]: (judges, samples), whether each judge calls each sample the class.
+    hits = {
+        f"{name} | {p}": np.stack(
+            [classifier_probs(j["model"], samples[name][p], SIZE).argmax(1) == TARGET for j in judges]
+        ).astype(float)
+        for name in models
+        for p in prompts
+    }
     shares = []
-    for judge in judges:
+    for i, judge in enumerate(judges):
         row = {k: v for k, v in judge.items() if k != "model"}
-        for name in models:
-            for p in prompts:
-                calls = classifier_probs(judge["model"], samples[name][p], SIZE).argmax(1)
-                row[f"{name} | {p}"] = float((calls == TARGET).mean())
+        row.update({key: float(h[i].mean()) for key, h in hits.items()})
         shares.append(row)
         print(row, flush=True)
+    # The panel's change per fine-tune and prompt, with a 95% paired bootstrap over the samples (sample i of
+    # the base model and of the fine-tune share seed i; each sample's hit is the judges' mean).
+    panel = {}
+    for key, h in hits.items():
+        name, prompt = key.split(" | ")
+        before = hits[f"base | {prompt}"].mean(0)
+        if name != "base":
+            after = h.mean(0)
+            change = float(after.mean() - before.mean())
+            panel[key] = {
+                "share": float(after.mean()),
+                "change": change,
+                "change_ci95": paired_change(before, after),
+            }
+    print("panel:", json.dumps(panel), flush=True)
 
     # Two kinds of the class, clustered on the first judge's features, one token each.
     kind_paths, kinds = paint_kinds(args.work / "kinds")
@@ -245,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
 
     result = {
         "judges": shares,
+        "panel": panel,
         "leaf_pixel_change": leaf_change,
         "clusters": {
             "sizes": clustering.sizes,
