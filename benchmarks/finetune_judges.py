@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from leafgen.classifier.stage import judge_config
@@ -44,12 +43,12 @@ from leafgen.classifier.training import SplitArrays, fit, load_classifier
 from leafgen.config import load_config
 from leafgen.data.cache import ensure_cached
 from leafgen.data.images import image_path
-from leafgen.data.leaf_painter import render
+from leafgen.data.leaf_painter import paint_kinds
 from leafgen.data.procedural import ProceduralSpec, make_dataset
 from leafgen.data.split import stratified_split
 from leafgen.diffusion.components import EMBEDDED_NAME
 from leafgen.diffusion.finetune.adapters import EngineSettings, load_generation_pipeline
-from leafgen.diffusion.finetune.clusters import cluster_images, image_features
+from leafgen.diffusion.finetune.clusters import cluster_images, image_features, nearest_cluster
 from leafgen.diffusion.finetune.identifier import identifier_prompts
 from leafgen.diffusion.finetune.train import export_checkpoint, fit_dreambooth
 from leafgen.diffusion.probes.drift import paired_change
@@ -58,8 +57,6 @@ from leafgen.labels import CLASSES
 
 SIZE = (64, 96)
 TARGET = CLASSES.index("multiple_diseases")
-# Two kinds of the class, as leaf_painter.MARKS draws one: (rust count, scab count, intensity, size).
-KINDS = (((6, 10), (1, 1), (0.85, 1.0), 1.25), ((1, 1), (5, 8), (0.85, 1.0), 1.25))
 
 
 def keep_best(folder: Path, metric: str | None, seen: list[dict]):
@@ -103,28 +100,14 @@ def load_world(work: Path, name: str):
     return (images, labels, paths), (split == "train", split == "val", split == "train")
 
 
-def paint_kinds(folder: Path) -> tuple[list[Path], np.ndarray]:
-    """16 leaves of the class painted in each of ``KINDS``, and each one's kind."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths, kinds = [], []
-    for kind, marks in enumerate(KINDS):
-        for i in range(16):
-            paths.append(folder / f"kind{kind}_{i}.png")
-            kinds.append(kind)
-            render("multiple_diseases", np.random.default_rng([77, kind, i]), 192, marks).save(paths[-1])
-    return paths, np.array(kinds)
-
-
 def nearest_group(
     judge, paths: list[Path], groups: np.ndarray, samples: list[torch.Tensor]
 ) -> list[np.ndarray]:
-    """For each image of each batch in ``samples``, the group (0 or 1) of ``paths`` whose mean feature is
-    nearer (cosine) in ``judge``'s penultimate features, as k-means compared them."""
+    """For each image of each batch in ``samples``, the group of ``paths`` whose mean feature is nearer
+    (cosine) in ``judge``'s penultimate features, as k-means compared them."""
     feats = image_features(paths, judge, SIZE)
-    means = [torch.from_numpy(feats[groups == g].mean(0)) for g in (0, 1)]
-    centroids = F.normalize(torch.stack(means), dim=1)
-    features = [F.normalize(classifier_features(judge, x, SIZE).float(), dim=1) for x in samples]
-    return [(f @ centroids.T).argmax(1).numpy() for f in features]
+    queries = [classifier_features(judge, x, SIZE).float().numpy() for x in samples]
+    return [nearest_cluster(feats, groups, q) for q in queries]
 
 
 def train_judges(work: Path, seeds: list[int], images, labels, train, val) -> list[dict]:

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+
+from leafgen import atomic
 
 H, W = 256, 384
 
@@ -207,6 +210,14 @@ def _scab_blotch(
 
 Marks = tuple[tuple[int, int], tuple[int, int], tuple[float, float], float]
 
+# Two kinds of multiple_diseases leaf, far apart within the class's range: many rust spots and one scab
+# blotch, or one rust spot and many scab blotches. One identifier per cluster is measured on them
+# (tests/diffusion/finetune/test_dreambooth_effect.py, benchmarks/cluster_tokens.py).
+KINDS: dict[str, Marks] = {
+    "rust-dominant": ((6, 10), (1, 1), (0.85, 1.0), 1.25),
+    "scab-dominant": ((1, 1), (5, 8), (0.85, 1.0), 1.25),
+}
+
 
 def paint_leaf(label: str, rng: np.random.Generator, marks: Marks | None = None) -> np.ndarray:
     """An RGB float image (H, W, 3) in [0, 1] of one leaf of class ``label``; ``marks`` replaces the
@@ -262,3 +273,19 @@ def render(label: str, rng: np.random.Generator, width: int, marks: Marks | None
         noisy = np.asarray(image, dtype=np.int16) + rng.normal(0, 4.0, (height, width, 3)).astype(np.int16)
         image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
     return image
+
+
+def paint_kinds(folder: Path, per_kind: int = 16, width: int = 192) -> tuple[list[Path], np.ndarray]:
+    """``per_kind`` multiple_diseases leaves of each of ``KINDS`` as PNGs in ``folder`` (the same pictures on
+    every call), and each one's kind (its index in ``KINDS``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, kinds = [], []
+    for kind, marks in enumerate(KINDS.values()):
+        for i in range(per_kind):
+            paths.append(folder / f"kind{kind}_{i}.png")
+            kinds.append(kind)
+            if not paths[-1].is_file():  # a rerun keeps what an earlier call wrote
+                image = render("multiple_diseases", np.random.default_rng([77, kind, i]), width, marks)
+                with atomic.atomic_path(paths[-1]) as tmp:
+                    image.save(tmp, format="PNG")
+    return paths, np.array(kinds)

@@ -107,6 +107,16 @@ def image_features(paths: Sequence[Path], model: nn.Module, size: tuple[int, int
     return F.normalize(feats.float(), dim=1).numpy()
 
 
+def nearest_cluster(features: np.ndarray, labels: Sequence[int], queries: np.ndarray) -> np.ndarray:
+    """For each row of ``queries``, the cluster whose images' mean direction in ``features`` (L2-normalised,
+    as :func:`image_features` gives them) is nearest by cosine: which cluster a generated image resembles in
+    some model's features. Queries need not be normalised: scaling a row does not change its nearest."""
+    labels = np.asarray(labels)
+    means = np.stack([features[labels == c].mean(0) for c in range(int(labels.max()) + 1)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    return (queries @ means.T).argmax(1)
+
+
 def cluster_features(
     features: np.ndarray, clusters: int | str, max_clusters: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, float | None, dict[str, float]]:

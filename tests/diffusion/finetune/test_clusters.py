@@ -16,6 +16,7 @@ from leafgen.diffusion.finetune.clusters import (
     clusters_grid,
     describe,
     instance_prompts,
+    nearest_cluster,
     read_clusters,
     write_clusters,
 )
@@ -70,6 +71,13 @@ def test_auto_picks_the_k_with_the_best_silhouette_and_records_it(tmp_path):
         f"<disease-leaf-{i}> leaf" for i in range(3)
     ]
     assert instance_prompts("<disease-leaf> leaf", "<disease-leaf>", None) == ["<disease-leaf> leaf"]
+
+
+def test_nearest_cluster_compares_directions_to_each_clusters_mean():
+    features = blobs([3, 4])
+    labels = [0, 0, 0, 1, 1, 1, 1]
+    queries = np.stack([5 * np.eye(8)[1], 0.2 * np.eye(8)[0], np.eye(8)[0] + 0.9 * np.eye(8)[1]])
+    assert nearest_cluster(features, labels, queries).tolist() == [1, 0, 0]  # length does not count
 
 
 def test_auto_tries_at_most_one_cluster_fewer_than_images_and_single_image_clusters_are_reported():
