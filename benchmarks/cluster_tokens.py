@@ -20,7 +20,7 @@ each token's share of samples nearer its own cluster under judges 1000-1004, bes
     python benchmarks/finetune_judges.py --work runs/judges --judges 5
     python benchmarks/cluster_tokens.py --work runs/judges --out docs/finetune_judges/cluster_tokens.json
     python benchmarks/cluster_tokens.py --work runs/judges --gate-seeds 0 1 2 3 \
-        --out docs/finetune_judges/cluster_gate.json
+        --grids docs/finetune_methods --out docs/finetune_judges/cluster_gate.json
 """
 
 from __future__ import annotations
@@ -33,16 +33,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from finetune_judges import SIZE, fine_tune, keep_best, load_world, nearest_group, train_judges
+from torchvision.utils import save_image
 
 from leafgen.classifier.training import SplitArrays, fit, load_classifier
 from leafgen.config import load_config
+from leafgen.data.cache import decode_resized
 from leafgen.data.leaf_painter import paint_kinds
 from leafgen.diffusion.components import EMBEDDED_NAME
 from leafgen.diffusion.finetune.adapters import EngineSettings, load_generation_pipeline
-from leafgen.diffusion.finetune.clusters import cluster_images, image_features
+from leafgen.diffusion.finetune.clusters import cluster_images, clusters_grid, image_features
 from leafgen.diffusion.finetune.identifier import cluster_tokens, identifier_prompts
 from leafgen.diffusion.probes.drift import paired_change
-from leafgen.diffusion.probes.evaluate import generate
+from leafgen.diffusion.probes.evaluate import generate, to_unit_float
 
 
 def own_kind_shares(judge, kind_paths, kinds, samples) -> list[float]:
@@ -81,6 +83,14 @@ def clusters_of_the_gate(args, db, judges, world, kind_paths, kinds) -> dict:
         pipe = load_generation_pipeline(EngineSettings(EMBEDDED_NAME, adapter=tuned), torch.device("cpu"))
         prompts = identifier_prompts(db.instance_prompt, db.identifier_token, clustering.tokens)
         samples = [generate(pipe, p, args.samples, 0, 32, 20, 3.0, SIZE) for p in prompts]
+        if args.grids:  # each cluster's painted leaves (up to 8), then 8 samples of its token
+            pixels = [
+                [decode_resized(p, SIZE, 60_000_000) for p, k in zip(kind_paths, clusters) if k == c]
+                for c in (0, 1)
+            ]
+            real = [to_unit_float(np.stack(group[:8])) for group in pixels]
+            args.grids.mkdir(parents=True, exist_ok=True)
+            save_image(clusters_grid(real, samples, SIZE, 8), args.grids / f"clusters_gate{seed}.png")
         # own[c]: (judges, samples), whether each judge places token c's sample i nearer cluster c; base[c]:
         # the same for the base model's sample i (same seed), measured against cluster c.
         own = np.stack([nearest_group(j["model"], kind_paths, clusters, samples) for j in judges])
@@ -110,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/judges"))
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--grids", type=Path, default=None, help="with --gate-seeds: a grid per gate here")
     parser.add_argument(
         "--gate-seeds", type=int, nargs="*", default=None,
         help="instead of choosing: cluster with the demo's gating classifier of these seeds (k-means, as "

@@ -243,8 +243,12 @@ def test_each_cluster_token_draws_images_nearer_its_own_cluster(judges, base, ga
     print({"kinds per cluster": kinds_per_cluster, "own cluster": own, "base model": untaught})
 
     # Issue 23's bar: each token's samples nearer its own cluster than the other, on the panel's mean
-    # (measured 0.99 and 0.58 under judges 1000-1002; 0.99 and 0.61 under judges 1000-1004), and each
-    # token nearer its cluster than the base model's samples are (0.79 and 0.21).
+    # (measured 0.99 and 0.58 under judges 1000-1002; 0.99 and 0.61 under 1000-1004), and each token nearer
+    # its own cluster than the base model's samples are (0.79 and 0.21). The clustering decides how hard
+    # that is: the demo's gate (seed 0) puts 9 scab-dominant leaves apart from 16 rust-dominant and 7
+    # scab-dominant ones. With gates of seeds 1-3 (benchmarks/cluster_tokens.py --gate-seeds) every token
+    # still beat the base model, but the first half held only narrowly twice (0.55, 0.57) and failed once,
+    # for a cluster of 16 rust-dominant and 2 scab-dominant leaves (0.36; docs/finetune_methods.md).
     assert min(clustering.sizes) >= 2
     assert min(own) > 0.5
     assert all(after > before for after, before in zip(own, untaught))
