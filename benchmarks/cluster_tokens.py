@@ -35,16 +35,21 @@ import torch
 from finetune_judges import SIZE, fine_tune, keep_best, load_world, nearest_group, train_judges
 from torchvision.utils import save_image
 
+from leafgen import atomic
 from leafgen.classifier.training import SplitArrays, fit, load_classifier
 from leafgen.config import load_config
-from leafgen.data.cache import decode_resized
 from leafgen.data.leaf_painter import paint_kinds
 from leafgen.diffusion.components import EMBEDDED_NAME
 from leafgen.diffusion.finetune.adapters import EngineSettings, load_generation_pipeline
-from leafgen.diffusion.finetune.clusters import cluster_images, clusters_grid, image_features
+from leafgen.diffusion.finetune.clusters import (
+    cluster_images,
+    clusters_grid,
+    image_features,
+    real_images_per_cluster,
+)
 from leafgen.diffusion.finetune.identifier import cluster_tokens, identifier_prompts
 from leafgen.diffusion.probes.drift import paired_change
-from leafgen.diffusion.probes.evaluate import generate, to_unit_float
+from leafgen.diffusion.probes.evaluate import generate
 
 
 def own_kind_shares(judge, kind_paths, kinds, samples) -> list[float]:
@@ -84,13 +89,10 @@ def clusters_of_the_gate(args, db, judges, world, kind_paths, kinds) -> dict:
         prompts = identifier_prompts(db.instance_prompt, db.identifier_token, clustering.tokens)
         samples = [generate(pipe, p, args.samples, 0, 32, 20, 3.0, SIZE) for p in prompts]
         if args.grids:  # each cluster's painted leaves (up to 8), then 8 samples of its token
-            pixels = [
-                [decode_resized(p, SIZE, 60_000_000) for p, k in zip(kind_paths, clusters) if k == c]
-                for c in (0, 1)
-            ]
-            real = [to_unit_float(np.stack(group[:8])) for group in pixels]
+            real = real_images_per_cluster(kind_paths, clusters, 2, SIZE, 8)
             args.grids.mkdir(parents=True, exist_ok=True)
-            save_image(clusters_grid(real, samples, SIZE, 8), args.grids / f"clusters_gate{seed}.png")
+            with atomic.atomic_path(args.grids / f"clusters_gate{seed}.png") as tmp:
+                save_image(clusters_grid(real, samples, SIZE, 8), tmp, format="png")
         # own[c]: (judges, samples), whether each judge places token c's sample i nearer cluster c; base[c]:
         # the same for the base model's sample i (same seed), measured against cluster c.
         own = np.stack([nearest_group(j["model"], kind_paths, clusters, samples) for j in judges])
@@ -129,7 +131,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config("configs/demo.yaml")
     (images, labels, _), (train, val, _) = load_world(args.work, "demo")
-    selectors = train_judges(args.work, [1005, 1006, 1007], images, labels, train, val)
     measurers = train_judges(args.work, [1000, 1001, 1002, 1003, 1004], images, labels, train, val)
     kind_paths, kinds = paint_kinds(args.work / "kinds")
 
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.out:
             args.out.write_text(json.dumps({"samples": args.samples, "gate_seeds": gates}, indent=2) + "\n")
         return
+    selectors = train_judges(args.work, [1005, 1006, 1007], images, labels, train, val)  # choosing only
     candidates = {
         "textual_inversion_400": replace(db, method="textual_inversion"),
         "textual_inversion_1200": replace(db, method="textual_inversion", textual_inversion_steps=1200),

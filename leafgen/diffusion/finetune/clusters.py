@@ -194,6 +194,18 @@ def describe(clustering: Clustering) -> str:
     return line
 
 
+def real_images_per_cluster(
+    paths: Sequence[Path], labels: Sequence[int], k: int, size: tuple[int, int], per_cluster: int
+) -> list[torch.Tensor]:
+    """The first ``per_cluster`` of each cluster's images (``labels[i]`` is ``paths[i]``'s cluster), resized
+    to ``size`` as float (n, 3, H, W) in [0, 1]: the real half of :func:`clusters_grid`."""
+    real = []
+    for c in range(k):
+        chosen = [Path(p) for p, label in zip(paths, labels) if label == c][:per_cluster]
+        real.append(to_unit_float(np.stack([decode_resized(p, size, 60_000_000) for p in chosen])))
+    return real
+
+
 def clusters_grid(
     real: Sequence[torch.Tensor], samples: Sequence[torch.Tensor], size: tuple[int, int], per_row: int
 ) -> torch.Tensor:

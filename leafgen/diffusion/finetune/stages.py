@@ -22,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torchvision.utils import save_image
 
@@ -31,7 +30,6 @@ from leafgen.classifier.backbone import BackboneRecipe
 from leafgen.classifier.model import build_classifier
 from leafgen.classifier.training import input_size, load_classifier
 from leafgen.config import PipelineConfig
-from leafgen.data.cache import decode_resized
 from leafgen.data.split import read_split
 from leafgen.diffusion.components import absolute_if_local, load_tokenizer
 from leafgen.diffusion.finetune.adapters import EngineSettings, load_generation_pipeline
@@ -44,6 +42,7 @@ from leafgen.diffusion.finetune.clusters import (
     clusters_grid,
     describe,
     image_features,
+    real_images_per_cluster,
     write_clusters,
 )
 from leafgen.diffusion.finetune.identifier import check_new_tokens, cluster_tokens, single_token_id
@@ -56,7 +55,7 @@ from leafgen.diffusion.generation.stages import (
     table_spec,
     train_sources,
 )
-from leafgen.diffusion.probes.evaluate import generate, to_unit_float
+from leafgen.diffusion.probes.evaluate import generate
 from leafgen.errors import ConfigError, LeafgenError
 from leafgen.labels import CLASSES
 from leafgen.stages import RunDir, Stage, StageContext
@@ -151,11 +150,10 @@ def _draw_clusters_grid(
     b, g = cfg.base_model, cfg.generate
     size = (b.resolution, b.width or b.resolution)
     pipe = load_generation_pipeline(EngineSettings(base, b.revision, str(model_dir)), torch.device("cpu"))
-    labels = np.asarray(clustering.labels)
-    real, samples = [], []
-    for c, token in enumerate(clustering.tokens):
-        paths = [p for (_, p), label in zip(sources, labels) if label == c][:GRID_PER_CLUSTER]
-        real.append(to_unit_float(np.stack([decode_resized(p, size, 60_000_000) for p in paths])))
+    paths = [p for _, p in sources]
+    real = real_images_per_cluster(paths, clustering.labels, clustering.k, size, GRID_PER_CLUSTER)
+    samples = []
+    for token in clustering.tokens:
         prompt = cfg.dreambooth.instance_prompt.replace(cfg.dreambooth.identifier_token, token)
         samples.append(
             generate(

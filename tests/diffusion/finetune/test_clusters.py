@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from leafgen.config import DreamBoothConfig
 from leafgen.diffusion.finetune.clusters import (
@@ -18,6 +19,7 @@ from leafgen.diffusion.finetune.clusters import (
     instance_prompts,
     nearest_cluster,
     read_clusters,
+    real_images_per_cluster,
     write_clusters,
 )
 from leafgen.diffusion.finetune.identifier import cluster_tokens, expand_prompts
@@ -104,6 +106,17 @@ def test_the_grid_puts_each_clusters_real_images_beside_its_samples():
     samples = [torch.ones(4, 3, 8, 12), torch.ones(4, 3, 8, 12)]
     grid = clusters_grid(real, samples, (8, 12), 4)
     assert grid.shape == (3, 2 * 9 + 1, 9 * 13 + 1)  # 2 rows of 4 real, a blank, 4 samples
+
+
+def test_real_images_per_cluster_takes_each_clusters_first_images_in_order(tmp_path):
+    paths = []
+    for i, shade in enumerate([10, 60, 110, 160, 210]):
+        paths.append(tmp_path / f"leaf_{i}.png")
+        Image.new("RGB", (24, 16), (shade, shade, shade)).save(paths[-1])
+    real = real_images_per_cluster(paths, [1, 0, 1, 1, 0], 2, (8, 12), 2)
+    assert [r.shape for r in real] == [(2, 3, 8, 12), (2, 3, 8, 12)]
+    shades = [[round(float(img.mean()) * 255) for img in r] for r in real]
+    assert shades == [[60, 210], [10, 110]]  # cluster 1 stops at two of its three
 
 
 def test_each_instance_image_trains_with_its_clusters_prompt(tiny_model_dir, image_sets):
